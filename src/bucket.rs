@@ -1,0 +1,193 @@
+//! One lock-free bucket: load the word, run the pure step, compare-and-swap.
+
+use crossbeam_utils::CachePadded;
+
+use crate::clock::{Clock, DefaultClock};
+use crate::decision::{Decision, InsufficientCapacity};
+use crate::limit::Limit;
+use crate::state::{self, Steps, TOMBSTONE};
+use crate::sync::{AtomicU64, Ordering};
+
+/// The atomic word of one bucket, shared by [`TokenBucket`] and the keyed limiter.
+#[derive(Debug)]
+pub(crate) struct Cell(AtomicU64);
+
+impl Cell {
+    /// A full bucket marked at step `k`.
+    pub(crate) fn full(steps: &Steps, k: u64) -> Cell {
+        Cell(AtomicU64::new(steps.full(k)))
+    }
+
+    /// Refill to step `k` and try to take `n <= C` tokens. `None` when the cell is a tombstone
+    /// (the caller looks the key up again). Lock-free: a failed CAS retries from the value it
+    /// returned; a denial or a peek stores nothing.
+    #[inline]
+    pub(crate) fn acquire(
+        &self,
+        steps: &Steps,
+        k: u64,
+        n: u64,
+        now: u64,
+        epoch: u64,
+    ) -> Option<Decision> {
+        // Relaxed: the word is self-contained (no other memory is published through it), and
+        // all read-modify-writes of one location are totally ordered by coherence.
+        let mut word = self.0.load(Ordering::Relaxed);
+        loop {
+            if word == TOMBSTONE {
+                return None;
+            }
+            let out = state::step(steps, word, k, n);
+            let Some(new) = out.write else {
+                return Some(Decision::new(steps, &out, n, now, epoch));
+            };
+            // Relaxed on both sides: as above; the CAS alone decides who consumed what.
+            match self
+                .0
+                .compare_exchange_weak(word, new, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(Decision::new(steps, &out, n, now, epoch)),
+                Err(seen) => word = seen,
+            }
+        }
+    }
+
+    /// Current word (for eviction checks).
+    #[inline]
+    pub(crate) fn load(&self) -> u64 {
+        // Relaxed: a snapshot; eviction confirms it with a CAS.
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Replaces `expected` with the tombstone; false when the word changed meanwhile.
+    #[allow(dead_code)] // used by the keyed limiter
+    pub(crate) fn tombstone(&self, expected: u64) -> bool {
+        // Relaxed: the tombstone is seen through this word's own coherence order; the map
+        // removal that follows is ordered by the map itself.
+        self.0
+            .compare_exchange(expected, TOMBSTONE, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
+/// A lock-free token bucket: its whole state (tokens and refill mark) is one `AtomicU64`,
+/// updated by compare-and-swap. Share it by reference or in an `Arc`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::{Limit, TokenBucket};
+///
+/// // 10 tokens of burst, 2 back every second.
+/// let bucket = TokenBucket::new(Limit::new(10, 2, Duration::from_secs(1))?);
+/// let allowed = (0..15).filter(|_| bucket.check().is_allowed()).count();
+/// assert_eq!(allowed, 10);
+/// # Ok::<(), tollgate::LimitError>(())
+/// ```
+pub struct TokenBucket<C: Clock = DefaultClock> {
+    steps: Steps,
+    epoch: u64,
+    clock: C,
+    limit: Limit,
+    cell: CachePadded<Cell>,
+}
+
+impl TokenBucket<DefaultClock> {
+    /// A full bucket on the default clock ([`MonotonicClock`](crate::MonotonicClock)).
+    pub fn new(limit: Limit) -> TokenBucket<DefaultClock> {
+        TokenBucket::with_clock(limit, DefaultClock::new())
+    }
+}
+
+impl<C: Clock> TokenBucket<C> {
+    /// A full bucket on `clock`; its epoch is the clock's time now.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate::{Limit, ManualClock, TokenBucket};
+    /// let clock = ManualClock::new();
+    /// let bucket = TokenBucket::with_clock(Limit::new(1, 1, Duration::from_secs(1))?, clock.clone());
+    /// assert!(bucket.check().is_allowed());
+    /// assert!(!bucket.check().is_allowed());
+    /// clock.advance(Duration::from_secs(1));
+    /// assert!(bucket.check().is_allowed());
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn with_clock(limit: Limit, clock: C) -> TokenBucket<C> {
+        let steps = *limit.steps();
+        let epoch = clock.now();
+        TokenBucket {
+            steps,
+            epoch,
+            clock,
+            limit,
+            cell: CachePadded::new(Cell::full(&steps, 0)),
+        }
+    }
+
+    /// Takes `n` tokens if they are there; otherwise consumes nothing. `n == 0` is a peek:
+    /// always allowed, consumes nothing.
+    ///
+    /// ```
+    /// use tollgate::{Limit, TokenBucket};
+    /// let bucket = TokenBucket::new(Limit::per_second(10)?);
+    /// let d = bucket.try_acquire(4).unwrap();
+    /// assert!(d.is_allowed());
+    /// assert!(d.remaining() <= 6);
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`InsufficientCapacity`] when `n` exceeds the capacity: such a request can never be
+    /// granted. Nothing changes.
+    #[inline]
+    pub fn try_acquire(&self, n: u64) -> Result<Decision, InsufficientCapacity> {
+        if n > self.steps.cap {
+            return Err(InsufficientCapacity {
+                requested: n,
+                capacity: self.steps.cap,
+            });
+        }
+        let now = self.clock.now();
+        let k = self.steps.step_index(now.saturating_sub(self.epoch));
+        match self.cell.acquire(&self.steps, k, n, now, self.epoch) {
+            Some(d) => Ok(d),
+            // A lone bucket is never evicted.
+            None => unreachable!("a TokenBucket is never tombstoned"),
+        }
+    }
+
+    /// Takes one token: `try_acquire(1)`, which cannot fail.
+    ///
+    /// ```
+    /// use tollgate::{Limit, TokenBucket};
+    /// let bucket = TokenBucket::new(Limit::per_second(1)?);
+    /// assert!(bucket.check().is_allowed());
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    #[inline]
+    pub fn check(&self) -> Decision {
+        match self.try_acquire(1) {
+            Ok(d) => d,
+            Err(_) => unreachable!("capacity is at least 1"),
+        }
+    }
+
+    /// The limit this bucket enforces.
+    pub fn limit(&self) -> &Limit {
+        &self.limit
+    }
+
+    /// The clock this bucket reads.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+}
+
+impl<C: Clock> std::fmt::Debug for TokenBucket<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenBucket")
+            .field("limit", &self.limit)
+            .field("word", &self.cell.load())
+            .finish()
+    }
+}

@@ -1,0 +1,250 @@
+//! Clocks: where a limiter reads the time.
+//!
+//! A [`Clock`] gives nanoseconds on a monotonic scale with an arbitrary origin. A limiter reads
+//! it once per call and takes its own creation reading as the epoch. Three clocks ship:
+//!
+//! - [`MonotonicClock`]: precise, quanta's TSC-backed clock (falls back to the OS monotonic
+//!   clock when the TSC is not usable). The default.
+//! - [`CoarseClock`]: quanta's "recent" time, refreshed every millisecond by one process-wide
+//!   upkeep thread. Cheaper to read; it lags by up to the upkeep interval, which only makes
+//!   decisions stricter (less refill seen, longer waits reported).
+//! - [`ManualClock`]: moved by hand, for tests and simulations.
+//!
+//! A clock that goes backwards (quanta's TSC can, across cores on some hosts; or
+//! [`ManualClock::rewind`]) never panics and never refills: the bucket treats the reading as
+//! stale and changes nothing.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crate::sync::{AtomicU64, Ordering};
+
+/// A source of time for limiters.
+///
+/// `now` returns nanoseconds since an arbitrary, fixed origin. Readings should not decrease,
+/// but may (a limiter copes: an earlier reading never refills).
+///
+/// ```
+/// use tollgate::Clock;
+///
+/// /// A clock that is always at 5 s.
+/// struct Frozen;
+/// impl Clock for Frozen {
+///     fn now(&self) -> u64 {
+///         5_000_000_000
+///     }
+/// }
+/// assert_eq!(Frozen.now(), 5_000_000_000);
+/// ```
+pub trait Clock: Send + Sync {
+    /// Nanoseconds since this clock's origin.
+    fn now(&self) -> u64;
+}
+
+/// The clock used when none is given: [`MonotonicClock`].
+///
+/// Chosen from `cargo bench --bench core -- floor` (README, "Choosing the clock"): on the
+/// reference machine the precise clock costs a few nanoseconds more per call than the coarse one
+/// but needs no background thread and keeps decisions exact to the nanosecond.
+pub type DefaultClock = MonotonicClock;
+
+/// The precise clock: quanta's calibrated TSC (or the OS monotonic clock when the TSC cannot be
+/// trusted), read on every call.
+///
+/// ```
+/// use tollgate::{Clock, MonotonicClock};
+/// let clock = MonotonicClock::new();
+/// let a = clock.now();
+/// let b = clock.now();
+/// assert!(b >= a);
+/// ```
+#[derive(Clone, Debug)]
+pub struct MonotonicClock {
+    clock: quanta::Clock,
+    origin: u64,
+}
+
+impl MonotonicClock {
+    /// A clock whose origin is now.
+    pub fn new() -> MonotonicClock {
+        let clock = quanta::Clock::new();
+        let origin = clock.raw();
+        MonotonicClock { clock, origin }
+    }
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        MonotonicClock::new()
+    }
+}
+
+impl Clock for MonotonicClock {
+    #[inline]
+    fn now(&self) -> u64 {
+        // A raw reading below the origin (TSC skew across cores) gives 0: an earlier time.
+        self.clock.delta_as_nanos(self.origin, self.clock.raw())
+    }
+}
+
+/// The upkeep interval of the [`CoarseClock`]'s process-wide thread.
+pub const COARSE_UPKEEP_INTERVAL: Duration = Duration::from_millis(1);
+
+/// How the coarse clock gets its time in this process.
+#[derive(Debug)]
+enum Upkeep {
+    /// Ours: never stopped (held by a static).
+    Running(#[allow(dead_code)] quanta::Handle),
+    /// Someone else's upkeep thread was already running (quanta allows one per process).
+    Foreign,
+    /// The thread could not be spawned: read the precise clock instead.
+    Failed,
+}
+
+static UPKEEP: OnceLock<Upkeep> = OnceLock::new();
+
+/// The coarse clock: quanta's recent time, kept fresh by one process-wide upkeep thread (every
+/// [`COARSE_UPKEEP_INTERVAL`]). A read is one atomic load.
+///
+/// The first `CoarseClock::new` in a process starts the upkeep thread; later ones share it. When
+/// another library already runs quanta's upkeep thread (quanta allows one per process and
+/// answers `UpkeepRunning`), that thread's time is used. When the thread cannot be spawned, the
+/// clock reads the precise time instead.
+///
+/// The recent time lags real time by at most the upkeep interval (plus scheduling delay): a
+/// limiter on this clock sees refills a little late, so its decisions can only be stricter.
+///
+/// ```
+/// use tollgate::{Clock, CoarseClock};
+/// let clock = CoarseClock::new();
+/// let a = clock.now();
+/// std::thread::sleep(std::time::Duration::from_millis(5));
+/// assert!(clock.now() > a);
+/// ```
+#[derive(Clone, Debug)]
+pub struct CoarseClock {
+    origin: quanta::Instant,
+    precise: Option<quanta::Clock>,
+}
+
+impl CoarseClock {
+    /// A coarse clock whose origin is now; starts the upkeep thread if none runs.
+    pub fn new() -> CoarseClock {
+        let upkeep = UPKEEP.get_or_init(|| {
+            match quanta::Upkeep::new(COARSE_UPKEEP_INTERVAL).start() {
+                Ok(handle) => Upkeep::Running(handle),
+                Err(quanta::Error::UpkeepRunning) => Upkeep::Foreign,
+                Err(quanta::Error::FailedToSpawnUpkeepThread(_)) => Upkeep::Failed,
+            }
+        });
+        let precise = match upkeep {
+            Upkeep::Failed => Some(quanta::Clock::new()),
+            Upkeep::Running(_) | Upkeep::Foreign => None,
+        };
+        CoarseClock {
+            origin: quanta::Instant::recent(),
+            precise,
+        }
+    }
+}
+
+impl Default for CoarseClock {
+    fn default() -> Self {
+        CoarseClock::new()
+    }
+}
+
+impl Clock for CoarseClock {
+    #[inline]
+    fn now(&self) -> u64 {
+        let now = match &self.precise {
+            None => quanta::Instant::recent(),
+            Some(clock) => clock.now(),
+        };
+        // Below 2^64 ns (584 years) of uptime the cast is exact.
+        now.saturating_duration_since(self.origin).as_nanos() as u64
+    }
+}
+
+/// A clock moved by hand. Clones share one time. Starts at 0.
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::{Clock, ManualClock};
+///
+/// let clock = ManualClock::new();
+/// let shared = clock.clone();
+/// clock.advance(Duration::from_secs(2));
+/// assert_eq!(shared.now(), 2_000_000_000);
+/// shared.rewind(Duration::from_secs(5)); // saturates at 0
+/// assert_eq!(clock.now(), 0);
+/// ```
+#[derive(Clone, Debug)]
+pub struct ManualClock {
+    nanos: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock at 0.
+    pub fn new() -> ManualClock {
+        ManualClock {
+            nanos: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Moves the time forward by `by` (saturating at `u64::MAX` ns).
+    pub fn advance(&self, by: Duration) {
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        // Relaxed: the time is a lone value; readers need no other memory ordered with it.
+        let _ = self
+            .nanos
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some(t.saturating_add(by))
+            });
+    }
+
+    /// Moves the time backward by `by` (saturating at 0).
+    pub fn rewind(&self, by: Duration) {
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        // Relaxed: as in `advance`.
+        let _ = self
+            .nanos
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some(t.saturating_sub(by))
+            });
+    }
+
+    /// Sets the time to `nanos` since the origin.
+    pub fn set(&self, nanos: u64) {
+        // Relaxed: as in `advance`.
+        self.nanos.store(nanos, Ordering::Relaxed);
+    }
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        ManualClock::new()
+    }
+}
+
+impl Clock for ManualClock {
+    #[inline]
+    fn now(&self) -> u64 {
+        // Relaxed: as in `advance`.
+        self.nanos.load(Ordering::Relaxed)
+    }
+}
+
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    #[inline]
+    fn now(&self) -> u64 {
+        (**self).now()
+    }
+}
+
+impl<C: Clock + ?Sized> Clock for &C {
+    #[inline]
+    fn now(&self) -> u64 {
+        (**self).now()
+    }
+}

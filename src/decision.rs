@@ -1,0 +1,159 @@
+//! The answer to every call: allowed or not, and the numbers a client needs (SPEC §2).
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::state::{Outcome, Steps};
+
+/// The outcome of one call on a bucket.
+///
+/// The waits are computed when asked for, with integer arithmetic, exact to the nanosecond of
+/// the limiter's clock.
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::{Limit, ManualClock, TokenBucket};
+///
+/// let clock = ManualClock::new();
+/// let bucket = TokenBucket::with_clock(Limit::new(2, 1, Duration::from_secs(1))?, clock.clone());
+/// assert!(bucket.check().is_allowed());
+/// assert!(bucket.check().is_allowed());
+/// let d = bucket.check();
+/// assert!(!d.is_allowed());
+/// assert_eq!(d.limit(), 2);
+/// assert_eq!(d.remaining(), 0);
+/// assert_eq!(d.retry_after(), Duration::from_secs(1));
+/// assert_eq!(d.reset_after(), Duration::from_secs(2));
+/// assert_eq!(d.next_refill_after(), Duration::from_secs(1));
+/// # Ok::<(), tollgate::LimitError>(())
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    allowed: bool,
+    tokens: u64,
+    /// Refill mark after the call (full step index).
+    mark: u64,
+    /// Tokens asked for.
+    n: u64,
+    /// Clock reading of the call, and the limiter's epoch (same scale).
+    now: u64,
+    epoch: u64,
+    steps: Steps,
+}
+
+impl Decision {
+    #[inline]
+    pub(crate) fn new(steps: &Steps, out: &Outcome, n: u64, now: u64, epoch: u64) -> Decision {
+        Decision {
+            allowed: out.allowed,
+            tokens: out.tokens,
+            mark: out.mark,
+            n,
+            now,
+            epoch,
+            steps: *steps,
+        }
+    }
+
+    /// Whether the request was granted (its tokens are consumed).
+    #[inline]
+    pub fn is_allowed(&self) -> bool {
+        self.allowed
+    }
+
+    /// Whether the request was refused (nothing consumed).
+    #[inline]
+    pub fn is_denied(&self) -> bool {
+        !self.allowed
+    }
+
+    /// The bucket's capacity C.
+    #[inline]
+    pub fn limit(&self) -> u64 {
+        self.steps.cap
+    }
+
+    /// Tokens left after this call.
+    #[inline]
+    pub fn remaining(&self) -> u64 {
+        self.tokens
+    }
+
+    /// For a denial, the exact wait until the requested tokens are there; zero when allowed.
+    pub fn retry_after(&self) -> Duration {
+        if self.allowed {
+            return Duration::ZERO;
+        }
+        self.until_tokens(self.n)
+    }
+
+    /// The wait until the bucket is full again (zero when full).
+    pub fn reset_after(&self) -> Duration {
+        self.until_tokens(self.steps.cap)
+    }
+
+    /// The wait until more tokens arrive: the next refill step (zero when full).
+    pub fn next_refill_after(&self) -> Duration {
+        if self.tokens >= self.steps.cap {
+            return Duration::ZERO;
+        }
+        self.until_step(self.mark.saturating_add(1))
+    }
+
+    /// The wait until the bucket holds `want` tokens (zero if it does).
+    fn until_tokens(&self, want: u64) -> Duration {
+        if self.tokens >= want {
+            return Duration::ZERO;
+        }
+        let steps = (want - self.tokens).div_ceil(self.steps.q);
+        self.until_step(self.mark.saturating_add(steps))
+    }
+
+    /// `T(j) - now`, saturating at zero.
+    fn until_step(&self, j: u64) -> Duration {
+        let at = self.epoch.saturating_add(self.steps.step_start(j));
+        Duration::from_nanos(at.saturating_sub(self.now))
+    }
+}
+
+impl fmt::Debug for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decision")
+            .field("allowed", &self.allowed)
+            .field("limit", &self.limit())
+            .field("remaining", &self.tokens)
+            .field("retry_after", &self.retry_after())
+            .field("reset_after", &self.reset_after())
+            .field("next_refill_after", &self.next_refill_after())
+            .finish()
+    }
+}
+
+/// A request for more tokens than the bucket can ever hold: it can never succeed.
+///
+/// ```
+/// use tollgate::{Limit, TokenBucket};
+/// let bucket = TokenBucket::new(Limit::per_second(5)?);
+/// let err = bucket.try_acquire(6).unwrap_err();
+/// assert_eq!((err.requested, err.capacity), (6, 5));
+/// # Ok::<(), tollgate::LimitError>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InsufficientCapacity {
+    /// Tokens asked for.
+    pub requested: u64,
+    /// The bucket's capacity.
+    pub capacity: u64,
+}
+
+impl fmt::Display for InsufficientCapacity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} tokens requested, but the bucket holds at most {}: the request can never succeed",
+            self.requested, self.capacity
+        )
+    }
+}
+
+impl std::error::Error for InsufficientCapacity {}
