@@ -20,7 +20,7 @@ impl Cell {
 
     /// Refill to step `k` and try to take `n <= C` tokens. `None` when the cell is a tombstone
     /// (the caller looks the key up again). Lock-free: a failed CAS retries from the value it
-    /// returned; a denial or a peek stores nothing.
+    /// returned; a denial or a peek stores nothing unless it is the first to see a new step.
     #[inline]
     pub(crate) fn acquire(
         &self,

@@ -28,7 +28,7 @@
 //! [`Refill::Interval`] mode R whole tokens arrive at the end of every whole interval; in
 //! [`Refill::Greedy`] mode one token arrives every I/R, exactly. A new bucket is full. A request
 //! for `n` tokens is granted when `n` tokens are there, and then consumes them; a denial
-//! consumes nothing and writes nothing. A request for more than C tokens is an error
+//! consumes nothing (and writes nothing, unless it is the first call to see a new refill step). A request for more than C tokens is an error
 //! ([`InsufficientCapacity`]): it could never succeed. A clock that goes backwards changes
 //! nothing.
 //!

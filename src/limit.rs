@@ -429,7 +429,10 @@ mod tests {
             Limit::new(MAX_CAPACITY + 1, 1, s).unwrap_err().field(),
             LimitField::Capacity
         );
-        assert_eq!(Limit::new(1, 0, s).unwrap_err(), LimitError::ZeroRefillAmount);
+        assert_eq!(
+            Limit::new(1, 0, s).unwrap_err(),
+            LimitError::ZeroRefillAmount
+        );
         assert_eq!(
             Limit::new(1, 1, Duration::ZERO).unwrap_err(),
             LimitError::ZeroInterval

@@ -64,8 +64,7 @@ pub(crate) struct Outcome {
     pub(crate) tokens: u64,
     /// Refill mark after the call, as a full (unwrapped) step index.
     pub(crate) mark: u64,
-    /// The word to store, when the call consumed tokens. `None`: nothing to write (a denial,
-    /// a peek): refills compose, so skipping the write loses nothing.
+    /// The word to store, when it changed. `None`: nothing to write.
     pub(crate) write: Option<u64>,
 }
 
@@ -132,8 +131,8 @@ impl Steps {
             j.saturating_mul(self.b)
         } else if self.narrow {
             let (x, r) = (j / self.a, j % self.a);
-            // r*b + a - 1 <= a*b - b + a - 1 <= a*b: fits.
-            let part = (r * self.b + self.a - 1) / self.a;
+            // r*b < a*b fits (div_ceil adds nothing that overflows: the quotient is below b).
+            let part = (r * self.b).div_ceil(self.a);
             x.checked_mul(self.b)
                 .and_then(|v| v.checked_add(part))
                 .unwrap_or(u64::MAX)
@@ -174,28 +173,22 @@ impl Steps {
 
 /// SPEC §2 for one call: refill `word` to step `k`, then try to take `n` tokens
 /// (`n <= C`, checked by the caller).
+///
+/// The word to store is returned only when it changes: when tokens are taken, or when the call
+/// is the first to see a new refill step (the mark must move, or a later stale reading would
+/// refill from an older mark than SPEC's). A denial or a peek within an already recorded step
+/// writes nothing, so a flood of denials writes at most once per step.
 #[inline]
 pub(crate) fn step(s: &Steps, word: u64, k: u64, n: u64) -> Outcome {
     let (tokens, mark) = s.refill(word, k);
-    if n <= tokens {
-        let left = tokens - n;
-        Outcome {
-            allowed: true,
-            tokens: left,
-            mark,
-            write: if n == 0 {
-                None
-            } else {
-                Some(s.pack(mark, left))
-            },
-        }
-    } else {
-        Outcome {
-            allowed: false,
-            tokens,
-            mark,
-            write: None,
-        }
+    let allowed = n <= tokens;
+    let tokens = if allowed { tokens - n } else { tokens };
+    let new = s.pack(mark, tokens);
+    Outcome {
+        allowed,
+        tokens,
+        mark,
+        write: (new != word).then_some(new),
     }
 }
 
@@ -237,11 +230,14 @@ mod tests {
     #[test]
     fn denial_and_peek_write_nothing() {
         let s = Steps::new(3, 1, 1, 10);
-        let w = s.pack(0, 1);
-        assert_eq!(step(&s, w, 0, 2).write, None);
-        assert!(!step(&s, w, 0, 2).allowed);
+        let w = s.pack(5, 1);
+        assert_eq!(step(&s, w, 5, 2).write, None);
+        assert!(!step(&s, w, 5, 2).allowed);
         assert_eq!(step(&s, w, 5, 0).write, None);
-        assert_eq!(step(&s, w, 5, 0).tokens, 3);
+        assert_eq!(step(&s, w, 4, 0).write, None);
+        // The first call to see a new step records it, even a peek.
+        assert_eq!(step(&s, w, 6, 0).write, Some(s.pack(6, 2)));
+        assert_eq!(step(&s, w, 6, 3).write, Some(s.pack(6, 2)));
     }
 
     #[test]
