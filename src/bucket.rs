@@ -60,7 +60,6 @@ impl Cell {
     }
 
     /// Replaces `expected` with the tombstone; false when the word changed meanwhile.
-    #[allow(dead_code)] // used by the keyed limiter
     pub(crate) fn tombstone(&self, expected: u64) -> bool {
         // Relaxed: the tombstone is seen through this word's own coherence order; the map
         // removal that follows is ordered by the map itself.

@@ -14,6 +14,7 @@
 //! [`ManualClock::rewind`]) never panics and never refills: the bucket treats the reading as
 //! stale and changes nothing.
 
+use std::any::Any;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -251,5 +252,61 @@ impl<C: Clock + ?Sized> Clock for &C {
     #[inline]
     fn now(&self) -> u64 {
         (**self).now()
+    }
+}
+
+/// Any clock, as one type: the shipped clocks without dynamic dispatch, others boxed. Keeps the
+/// keyed limiter's type free of a clock parameter.
+#[derive(Clone)]
+pub(crate) enum AnyClock {
+    Monotonic(MonotonicClock),
+    Coarse(CoarseClock),
+    Manual(ManualClock),
+    Other(Arc<dyn Clock>),
+}
+
+impl AnyClock {
+    pub(crate) fn new<C: Clock + 'static>(clock: C) -> AnyClock {
+        let mut slot = Some(clock);
+        let any = &mut slot as &mut dyn Any;
+        if let Some(Some(c)) = any
+            .downcast_mut::<Option<MonotonicClock>>()
+            .map(Option::take)
+        {
+            return AnyClock::Monotonic(c);
+        }
+        if let Some(Some(c)) = any.downcast_mut::<Option<CoarseClock>>().map(Option::take) {
+            return AnyClock::Coarse(c);
+        }
+        if let Some(Some(c)) = any.downcast_mut::<Option<ManualClock>>().map(Option::take) {
+            return AnyClock::Manual(c);
+        }
+        match slot {
+            Some(c) => AnyClock::Other(Arc::new(c)),
+            None => AnyClock::Monotonic(MonotonicClock::new()),
+        }
+    }
+}
+
+impl Clock for AnyClock {
+    #[inline]
+    fn now(&self) -> u64 {
+        match self {
+            AnyClock::Monotonic(c) => c.now(),
+            AnyClock::Coarse(c) => c.now(),
+            AnyClock::Manual(c) => c.now(),
+            AnyClock::Other(c) => c.now(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AnyClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AnyClock::Monotonic(_) => "MonotonicClock",
+            AnyClock::Coarse(_) => "CoarseClock",
+            AnyClock::Manual(_) => "ManualClock",
+            AnyClock::Other(_) => "custom clock",
+        })
     }
 }

@@ -40,7 +40,9 @@
 mod bucket;
 mod clock;
 mod decision;
+mod keyed;
 mod limit;
+mod map;
 mod state;
 mod sync;
 
@@ -49,6 +51,7 @@ pub use clock::{
     Clock, CoarseClock, DefaultClock, ManualClock, MonotonicClock, COARSE_UPKEEP_INTERVAL,
 };
 pub use decision::{Decision, InsufficientCapacity};
+pub use keyed::{AtCapacity, Evictor, KeyHasher, KeyedLimiter, KeyedLimiterBuilder};
 pub use limit::{
     Limit, LimitError, LimitField, Refill, MAX_CAPACITY, MAX_INTERVAL, MIN_HORIZON, MIN_INTERVAL,
 };

@@ -148,6 +148,26 @@ impl Steps {
         self.pack(k, self.cap)
     }
 
+    /// The word of an empty bucket whose mark is step `k`.
+    #[inline]
+    pub(crate) fn empty(&self, k: u64) -> u64 {
+        self.pack(k, 0)
+    }
+
+    /// Whether a bucket with this word may be evicted at step `k`: it was already full, with
+    /// its mark recorded, `idle_steps` steps ago (at `k0 = k - idle_steps`). Then at every step
+    /// from `k0` on it is full with the mark of the call, exactly like a fresh bucket, so
+    /// replacing it by one is invisible to any call whose clock reads at least `k0`.
+    #[inline]
+    pub(crate) fn is_evictable(&self, word: u64, k: u64, idle_steps: u64) -> bool {
+        if word == TOMBSTONE || k < idle_steps {
+            return false;
+        }
+        let k0 = k - idle_steps;
+        let (tokens, mark) = self.refill(word, k0);
+        tokens == self.cap && mark == k0
+    }
+
     #[inline]
     fn pack(&self, mark: u64, tokens: u64) -> u64 {
         ((mark & self.mark_mask()) << self.token_bits) | tokens
@@ -248,6 +268,20 @@ mod tests {
         assert!(o.allowed);
         assert_eq!((o.tokens, o.mark), (0, 100));
         assert_eq!(o.write, Some(s.pack(100, 0)));
+    }
+
+    #[test]
+    fn evictable_only_when_full_and_idle() {
+        let s = Steps::new(3, 1, 1, 10);
+        // Full at mark 10: evictable once 4 steps have passed.
+        assert!(!s.is_evictable(s.full(10), 13, 4));
+        assert!(s.is_evictable(s.full(10), 14, 4));
+        // One token short at mark 10: full from step 11, so evictable from step 15.
+        assert!(!s.is_evictable(s.pack(10, 2), 14, 4));
+        assert!(s.is_evictable(s.pack(10, 2), 15, 4));
+        // A stale evictor (mark ahead) and a tombstone are never evicted.
+        assert!(!s.is_evictable(s.full(20), 15, 4));
+        assert!(!s.is_evictable(TOMBSTONE, 100, 4));
     }
 
     #[test]

@@ -81,3 +81,80 @@ fn two_and_one_never_double_spend() {
         }
     });
 }
+
+mod keyed {
+    use super::*;
+    use tollgate::KeyedLimiter;
+
+    /// A limiter (capacity 1, idle_ttl 1 s) whose key 1 was drained at time 0 and has since
+    /// been idle long enough to be full and evictable.
+    fn idle_limiter() -> Arc<KeyedLimiter<u64>> {
+        let clock = ManualClock::new();
+        let limiter = KeyedLimiter::builder(Limit::new(1, 1, Duration::from_secs(1)).unwrap())
+            .clock(clock.clone())
+            .idle_ttl(Duration::from_secs(1))
+            .shards(1)
+            .build();
+        assert!(limiter.check_key(&1).is_allowed());
+        clock.advance(Duration::from_secs(10));
+        Arc::new(limiter)
+    }
+
+    /// An acquire racing the eviction of its key: granted <= C, and the token it took is in
+    /// the bucket the map holds afterwards (it did not land on a removed bucket).
+    #[test]
+    fn acquire_racing_eviction() {
+        loom::model(|| {
+            let limiter = idle_limiter();
+            let l = limiter.clone();
+            let acquirer = thread::spawn(move || l.check_key(&1).is_allowed());
+            let l = limiter.clone();
+            let evictor = thread::spawn(move || l.evict_idle());
+            let allowed = acquirer.join().unwrap();
+            let evicted = evictor.join().unwrap();
+            assert!(allowed, "the bucket was full");
+            assert!(evicted <= 1);
+            assert_eq!(limiter.len(), 1);
+            let d = limiter.try_acquire_key(&1, 0).unwrap();
+            assert_eq!(
+                d.remaining(),
+                0,
+                "the granted token must show in the live bucket"
+            );
+        });
+    }
+
+    /// Two first touches of one key: one bucket, one token granted.
+    #[test]
+    fn racing_first_touches() {
+        loom::model(|| {
+            let limiter = idle_limiter();
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    let l = limiter.clone();
+                    thread::spawn(move || l.check_key(&2).is_allowed() as u64)
+                })
+                .collect();
+            let granted: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+            assert_eq!(granted, 1);
+            assert_eq!(limiter.len(), 2);
+        });
+    }
+
+    /// Two evictors racing on one idle bucket: it is removed once.
+    #[test]
+    fn racing_evictors() {
+        loom::model(|| {
+            let limiter = idle_limiter();
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    let l = limiter.clone();
+                    thread::spawn(move || l.evict_idle())
+                })
+                .collect();
+            let removed: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+            assert_eq!(removed, 1);
+            assert!(limiter.is_empty());
+        });
+    }
+}

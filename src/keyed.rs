@@ -1,0 +1,548 @@
+//! Per-key limits: one bucket per key in sharded concurrent maps, with invisible idle eviction
+//! and bounded memory (SPEC §3).
+//!
+//! # Protocol
+//!
+//! - Hit: hash the key once, pick the shard from the hash, `get` under a pinned guard, then the
+//!   bucket's own CAS loop on the cell in place. No allocation, no map write.
+//! - First touch: `try_insert_with` a full bucket whose mark is the caller's step; racing first
+//!   touches create one bucket (the losers get the winner's cell).
+//! - Eviction: a bucket is removed only when [`is_evictable`](crate::state::Steps::is_evictable):
+//!   full, and already full `idle_steps` ago. The evictor first swaps the word to the tombstone
+//!   with a CAS from the word it checked (so no acquire landed in between), then removes the
+//!   entry. An acquire that meets a tombstone helps remove it and looks the key up again.
+//!   Because all buckets share one epoch, a full bucket and a fresh one decide identically:
+//!   eviction is invisible as long as the clock never steps back by more than `idle_ttl`.
+//! - Memory: every new-key attempt counts against its shard; once a shard has seen half its
+//!   size in new-key attempts, that attempt sweeps the shard. The work is amortized O(1) per new
+//!   key and never more than one shard (a `1/shards` slice of the map) at a time. At the key cap
+//!   a shard is swept after an eighth of its size in attempts, or when a quarter of `idle_ttl`
+//!   has passed since its last sweep, before the [`AtCapacity`] policy applies.
+
+use std::borrow::Borrow;
+use std::hash::{BuildHasher, Hash};
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
+
+use crate::bucket::Cell;
+use crate::clock::{AnyClock, Clock, DefaultClock};
+use crate::decision::{Decision, InsufficientCapacity};
+use crate::limit::Limit;
+use crate::map::{Hashed, Pinned, Probe, ShardMap};
+use crate::state::{self, Steps};
+
+/// The default key hasher: foldhash, fast, with a random seed per limiter, so nobody can
+/// precompute keys that collide (hash flooding).
+pub type KeyHasher = foldhash::fast::RandomState;
+
+/// The least number of new-key attempts between two automatic sweeps of a shard.
+const MIN_SWEEP_EVERY: usize = 64;
+
+/// What a keyed limiter does with a new key when it already holds `max_keys` keys (and a sweep
+/// of the key's shard found nothing to evict).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AtCapacity {
+    /// New keys draw from one shared overflow bucket with the same limit. A flood of new keys
+    /// (random user ids, spoofed IPs) shares one bucket's worth of tokens; existing keys are
+    /// unaffected. The default.
+    #[default]
+    Overflow,
+    /// New keys are denied, as if their bucket were empty (`retry_after` is the time for the
+    /// requested tokens to arrive in an empty bucket).
+    Deny,
+}
+
+struct Shard<K> {
+    map: ShardMap<K>,
+    /// Entries in this shard's map.
+    len: AtomicUsize,
+    /// New-key attempts since the last sweep.
+    misses: AtomicUsize,
+    /// Step of the last sweep.
+    swept_at: AtomicU64,
+}
+
+/// One token bucket per key: per user, per API key, per client IP.
+///
+/// Buckets live in sharded papaya maps; idle full buckets are evicted automatically (invisible
+/// to decisions), so memory follows the set of active keys.
+///
+/// ```
+/// use tollgate::{KeyedLimiter, Limit};
+///
+/// let limiter: KeyedLimiter<String> = KeyedLimiter::new(Limit::per_second(2)?);
+/// assert!(limiter.check_key("alice").is_allowed());
+/// assert!(limiter.check_key("alice").is_allowed());
+/// assert!(limiter.check_key("alice").is_denied());
+/// assert!(limiter.check_key("bob").is_allowed()); // keys are independent
+/// assert_eq!(limiter.len(), 2);
+/// # Ok::<(), tollgate::LimitError>(())
+/// ```
+pub struct KeyedLimiter<K, S = KeyHasher> {
+    shards: Box<[CachePadded<Shard<K>>]>,
+    shard_mask: u64,
+    hasher: S,
+    steps: Steps,
+    clock: AnyClock,
+    epoch: u64,
+    idle_steps: u64,
+    max_keys: usize,
+    at_capacity: AtCapacity,
+    overflow: Cell,
+    keys: CachePadded<AtomicUsize>,
+    limit: Limit,
+    idle_ttl: Duration,
+}
+
+/// Builds a [`KeyedLimiter`]. From [`KeyedLimiter::builder`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::{AtCapacity, KeyedLimiter, Limit, ManualClock};
+///
+/// let limiter: KeyedLimiter<u64> = KeyedLimiter::builder(Limit::per_minute(60)?)
+///     .clock(ManualClock::new())
+///     .idle_ttl(Duration::from_secs(300))
+///     .max_keys(100_000, AtCapacity::Deny)
+///     .shards(8)
+///     .capacity(1_000)
+///     .build();
+/// assert!(limiter.check_key(&7).is_allowed());
+/// # Ok::<(), tollgate::LimitError>(())
+/// ```
+pub struct KeyedLimiterBuilder<K, S = KeyHasher> {
+    limit: Limit,
+    clock: Option<AnyClock>,
+    idle_ttl: Option<Duration>,
+    max_keys: Option<(usize, AtCapacity)>,
+    shards: Option<usize>,
+    capacity: usize,
+    hasher: S,
+    _key: PhantomData<fn() -> K>,
+}
+
+impl<K, S> KeyedLimiterBuilder<K, S> {
+    /// The clock (default: [`DefaultClock`]). Any [`Clock`]; the shipped ones are called without
+    /// dynamic dispatch.
+    pub fn clock<C: Clock + 'static>(mut self, clock: C) -> Self {
+        self.clock = Some(AnyClock::new(clock));
+        self
+    }
+
+    /// How long a full bucket must have been idle before it may be evicted. Default: the
+    /// limit's time to fill, at least 1 s. Eviction never changes a decision (a full bucket and
+    /// a fresh one are the same), so this only trades re-creating buckets against memory, as
+    /// long as the clock never steps back by more than `idle_ttl`.
+    pub fn idle_ttl(mut self, idle_ttl: Duration) -> Self {
+        self.idle_ttl = Some(idle_ttl);
+        self
+    }
+
+    /// A hard bound on the number of keys, and what new keys get at the bound. Default: none.
+    /// A bound of 0 sends every key to the policy.
+    pub fn max_keys(mut self, max_keys: usize, at_capacity: AtCapacity) -> Self {
+        self.max_keys = Some((max_keys, at_capacity));
+        self
+    }
+
+    /// The number of shards, rounded up to a power of two (1 ..= 65,536). Default: 4 per core,
+    /// at least 4.
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = Some(shards);
+        self
+    }
+
+    /// Presize for this many keys in all.
+    pub fn capacity(mut self, keys: usize) -> Self {
+        self.capacity = keys;
+        self
+    }
+
+    /// The key hasher (default: [`KeyHasher`], randomly seeded per limiter).
+    pub fn hasher<S2>(self, hasher: S2) -> KeyedLimiterBuilder<K, S2> {
+        KeyedLimiterBuilder {
+            limit: self.limit,
+            clock: self.clock,
+            idle_ttl: self.idle_ttl,
+            max_keys: self.max_keys,
+            shards: self.shards,
+            capacity: self.capacity,
+            hasher,
+            _key: PhantomData,
+        }
+    }
+
+    /// Builds the limiter; its epoch (shared by all keys) is the clock's time now.
+    pub fn build(self) -> KeyedLimiter<K, S>
+    where
+        K: Hash + Eq,
+    {
+        let steps = *self.limit.steps();
+        let clock = self
+            .clock
+            .unwrap_or_else(|| AnyClock::new(DefaultClock::new()));
+        let epoch = clock.now();
+        let idle_ttl = self
+            .idle_ttl
+            .unwrap_or_else(|| self.limit.time_to_fill().max(Duration::from_secs(1)));
+        let ttl_ns = u64::try_from(idle_ttl.as_nanos()).unwrap_or(u64::MAX);
+        let idle_steps = steps.step_index(ttl_ns).saturating_add(2);
+        let shards = self
+            .shards
+            .unwrap_or_else(|| {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                (cores * 4).max(4)
+            })
+            .clamp(1, 1 << 16)
+            .next_power_of_two();
+        let per_shard = self.capacity.div_ceil(shards);
+        let (max_keys, at_capacity) = self.max_keys.unwrap_or((usize::MAX, AtCapacity::Overflow));
+        KeyedLimiter {
+            shards: (0..shards)
+                .map(|_| {
+                    CachePadded::new(Shard {
+                        map: ShardMap::with_capacity(per_shard),
+                        len: AtomicUsize::new(0),
+                        misses: AtomicUsize::new(0),
+                        swept_at: AtomicU64::new(0),
+                    })
+                })
+                .collect(),
+            shard_mask: shards as u64 - 1,
+            hasher: self.hasher,
+            steps,
+            clock,
+            epoch,
+            idle_steps,
+            max_keys,
+            at_capacity,
+            overflow: Cell::full(&steps, 0),
+            keys: CachePadded::new(AtomicUsize::new(0)),
+            limit: self.limit,
+            idle_ttl,
+        }
+    }
+}
+
+impl<K: Hash + Eq> KeyedLimiter<K, KeyHasher> {
+    /// A keyed limiter with the defaults: default clock, randomly seeded hasher, automatic
+    /// eviction, no key cap.
+    pub fn new(limit: Limit) -> Self {
+        Self::builder(limit).build()
+    }
+
+    /// A builder for the other settings.
+    pub fn builder(limit: Limit) -> KeyedLimiterBuilder<K, KeyHasher> {
+        KeyedLimiterBuilder {
+            limit,
+            clock: None,
+            idle_ttl: None,
+            max_keys: None,
+            shards: None,
+            capacity: 0,
+            hasher: KeyHasher::default(),
+            _key: PhantomData,
+        }
+    }
+}
+
+impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
+    /// Takes one token from `key`'s bucket (creating a full one on first sight).
+    ///
+    /// ```
+    /// use tollgate::{KeyedLimiter, Limit};
+    /// let limiter: KeyedLimiter<u64> = KeyedLimiter::new(Limit::per_second(1)?);
+    /// assert!(limiter.check_key(&42).is_allowed());
+    /// assert!(limiter.check_key(&42).is_denied());
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    #[inline]
+    pub fn check_key<Q>(&self, key: &Q) -> Decision
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        match self.try_acquire_key(key, 1) {
+            Ok(d) => d,
+            Err(_) => unreachable!("capacity is at least 1"),
+        }
+    }
+
+    /// Takes `n` tokens from `key`'s bucket if they are there (`n == 0`: a peek). A `String`
+    /// keyed limiter is queried with `&str`; a hit allocates nothing.
+    ///
+    /// ```
+    /// use tollgate::{KeyedLimiter, Limit};
+    /// let limiter: KeyedLimiter<String> = KeyedLimiter::new(Limit::per_second(10)?);
+    /// let d = limiter.try_acquire_key("api-key-1", 4).unwrap();
+    /// assert_eq!(d.remaining(), 6);
+    /// assert!(limiter.try_acquire_key("api-key-1", 11).is_err());
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`InsufficientCapacity`] when `n` exceeds the capacity. Nothing changes (no bucket is
+    /// created).
+    #[inline]
+    pub fn try_acquire_key<Q>(&self, key: &Q, n: u64) -> Result<Decision, InsufficientCapacity>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if n > self.steps.cap {
+            return Err(InsufficientCapacity {
+                requested: n,
+                capacity: self.steps.cap,
+            });
+        }
+        let now = self.clock.now();
+        let k = self.steps.step_index(now.saturating_sub(self.epoch));
+        let hash = self.hasher.hash_one(key);
+        let shard = &self.shards[((hash >> 32) & self.shard_mask) as usize];
+        let probe = Probe { hash, key };
+        let pinned = shard.map.pin();
+        loop {
+            let cell = match pinned.get(&probe) {
+                Some(cell) => cell,
+                None => match self.first_touch(shard, &pinned, &probe, k) {
+                    Some(cell) => cell,
+                    None => return Ok(self.at_capacity(k, n, now)),
+                },
+            };
+            if let Some(d) = cell.acquire(&self.steps, k, n, now, self.epoch) {
+                return Ok(d);
+            }
+            // A tombstone: the bucket is being evicted. Help remove it, then look again.
+            if pinned.remove_tombstoned(&probe) {
+                self.removed(shard, 1);
+            }
+        }
+    }
+
+    /// A miss: maybe sweep the shard, then insert a full bucket marked at `k`. `None` when the
+    /// key cap leaves no room.
+    #[cold]
+    fn first_touch<'p, Q>(
+        &self,
+        shard: &Shard<K>,
+        pinned: &'p Pinned<'_, K>,
+        probe: &Probe<'_, Q>,
+        k: u64,
+    ) -> Option<&'p Cell>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        // Relaxed (all counters here): they pace sweeps and bound the key count; they publish
+        // no memory, and the count's bound is kept by the read-modify-writes themselves.
+        let misses = shard.misses.fetch_add(1, Ordering::Relaxed) + 1;
+        let len = shard.len.load(Ordering::Relaxed);
+        let at_cap = self.keys.load(Ordering::Relaxed) >= self.max_keys;
+        let every = if at_cap { len / 8 } else { len / 2 }.max(MIN_SWEEP_EVERY);
+        // At the cap, also sweep when time has moved on since the last sweep (by a quarter
+        // of the idle time: buckets may have become evictable), so room is found promptly.
+        let stale = at_cap
+            && k >= (shard.swept_at.load(Ordering::Relaxed))
+                .saturating_add(self.idle_steps / 4 + 1);
+        if misses >= every || stale {
+            shard.misses.store(0, Ordering::Relaxed);
+            self.sweep(shard, pinned, k);
+        }
+        if self.keys.fetch_add(1, Ordering::Relaxed) >= self.max_keys {
+            self.keys.fetch_sub(1, Ordering::Relaxed);
+            // The key may have been inserted meanwhile by another thread.
+            return pinned.get(probe);
+        }
+        let key = Hashed {
+            hash: probe.hash,
+            key: probe.key.to_owned(),
+        };
+        match pinned.try_insert_with(key, || Cell::full(&self.steps, k)) {
+            Ok(cell) => {
+                shard.len.fetch_add(1, Ordering::Relaxed);
+                Some(cell)
+            }
+            Err(cell) => {
+                self.keys.fetch_sub(1, Ordering::Relaxed);
+                Some(cell)
+            }
+        }
+    }
+
+    #[cold]
+    fn at_capacity(&self, k: u64, n: u64, now: u64) -> Decision {
+        match self.at_capacity {
+            AtCapacity::Overflow => match self.overflow.acquire(&self.steps, k, n, now, self.epoch)
+            {
+                Some(d) => d,
+                None => unreachable!("the overflow bucket is never evicted"),
+            },
+            AtCapacity::Deny => {
+                let out = state::step(&self.steps, self.steps.empty(k), k, n);
+                Decision::new(&self.steps, &out, n, now, self.epoch)
+            }
+        }
+    }
+
+    /// Sweeps one shard at step `k`; returns how many buckets it evicted.
+    #[cold]
+    fn sweep(&self, shard: &Shard<K>, pinned: &Pinned<'_, K>, k: u64) -> usize {
+        let (steps, idle) = (&self.steps, self.idle_steps);
+        let removed = pinned.sweep(|cell| {
+            let word = cell.load();
+            steps.is_evictable(word, k, idle) && cell.tombstone(word)
+        });
+        self.removed(shard, removed);
+        // Relaxed: pacing only.
+        shard.swept_at.fetch_max(k, Ordering::Relaxed);
+        removed
+    }
+
+    fn removed(&self, shard: &Shard<K>, n: usize) {
+        if n > 0 {
+            // Relaxed: counters, as in `first_touch`.
+            shard.len.fetch_sub(n, Ordering::Relaxed);
+            self.keys.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Evicts every idle full bucket now (a full pass over all shards); returns how many.
+    /// Never needed for bounded memory (sweeps run automatically); useful before measuring,
+    /// or on a timer (see [`spawn_evictor`](KeyedLimiter::spawn_evictor)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate::{KeyedLimiter, Limit, ManualClock};
+    /// let clock = ManualClock::new();
+    /// let limiter: KeyedLimiter<u32> = KeyedLimiter::builder(Limit::per_second(5)?)
+    ///     .clock(clock.clone())
+    ///     .idle_ttl(Duration::from_secs(10))
+    ///     .build();
+    /// limiter.check_key(&1);
+    /// assert_eq!(limiter.evict_idle(), 0); // not idle yet
+    /// clock.advance(Duration::from_secs(11));
+    /// assert_eq!(limiter.evict_idle(), 1);
+    /// assert!(limiter.is_empty());
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn evict_idle(&self) -> usize {
+        let k = self
+            .steps
+            .step_index(self.clock.now().saturating_sub(self.epoch));
+        self.shards
+            .iter()
+            .map(|shard| {
+                shard.misses.store(0, Ordering::Relaxed);
+                self.sweep(shard, &shard.map.pin(), k)
+            })
+            .sum()
+    }
+
+    /// The number of keys held (buckets in the maps).
+    pub fn len(&self) -> usize {
+        // Relaxed: a count, as in `first_touch`.
+        self.keys.load(Ordering::Relaxed)
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The limit every key gets.
+    pub fn limit(&self) -> &Limit {
+        &self.limit
+    }
+
+    /// The idle time after which a full bucket may be evicted.
+    pub fn idle_ttl(&self) -> Duration {
+        self.idle_ttl
+    }
+
+    /// The number of shards.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+}
+
+#[cfg(not(loom))]
+impl<K, S> KeyedLimiter<K, S>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    /// Starts a background thread that calls [`evict_idle`](KeyedLimiter::evict_idle) every
+    /// `period`. It stops when the returned handle drops (or when the limiter is dropped).
+    /// Optional: sweeps also run automatically on new keys.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use tollgate::{KeyedLimiter, Limit};
+    /// let limiter: Arc<KeyedLimiter<u64>> = Arc::new(KeyedLimiter::new(Limit::per_second(5)?));
+    /// let evictor = limiter.spawn_evictor(Duration::from_secs(30));
+    /// drop(evictor); // stops and joins the thread
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn spawn_evictor(self: &std::sync::Arc<Self>, period: Duration) -> Evictor {
+        let weak = std::sync::Arc::downgrade(self);
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("tollgate-evictor".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(period)
+                {
+                    match weak.upgrade() {
+                        Some(limiter) => {
+                            limiter.evict_idle();
+                        }
+                        None => break,
+                    }
+                }
+            })
+            .ok();
+        Evictor {
+            stop: Some(stop),
+            thread,
+        }
+    }
+}
+
+/// A running background evictor; dropping it stops the thread.
+#[derive(Debug)]
+pub struct Evictor {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Evictor {
+    /// Whether the thread was started (spawning can fail; eviction then stays automatic only).
+    pub fn is_running(&self) -> bool {
+        self.thread.is_some()
+    }
+}
+
+impl Drop for Evictor {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl<K, S> std::fmt::Debug for KeyedLimiter<K, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedLimiter")
+            .field("limit", &self.limit)
+            .field("keys", &self.keys.load(Ordering::Relaxed))
+            .field("shards", &self.shards.len())
+            .field("idle_ttl", &self.idle_ttl)
+            .field("clock", &self.clock)
+            .finish()
+    }
+}

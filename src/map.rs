@@ -1,0 +1,275 @@
+//! The per-shard map behind the keyed limiter, and its interface.
+//!
+//! In builds it is a papaya map; under `--cfg loom` a small mutex-and-vector stand-in whose every
+//! step loom can see (loom cannot see inside papaya). Both offer the same four operations, which
+//! are all the keyed limiter's protocol uses: `get`, `try_insert_with`, `remove_tombstoned` and
+//! `sweep`.
+//!
+//! Keys are stored with their hash ([`Hashed`]) and looked up with a [`Probe`], so a key is
+//! hashed once per call, by the limiter, and never again by the map.
+
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
+
+pub(crate) use papaya::Equivalent;
+
+use crate::bucket::Cell;
+
+/// A stored key and its hash.
+#[derive(Debug)]
+pub(crate) struct Hashed<K> {
+    pub(crate) hash: u64,
+    pub(crate) key: K,
+}
+
+impl<K: Eq> PartialEq for Hashed<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.key == other.key
+    }
+}
+
+impl<K: Eq> Eq for Hashed<K> {}
+
+impl<K> Hash for Hashed<K> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// A borrowed key and its hash, for lookups without an owned key.
+pub(crate) struct Probe<'a, Q: ?Sized> {
+    pub(crate) hash: u64,
+    pub(crate) key: &'a Q,
+}
+
+impl<Q: ?Sized> Hash for Probe<'_, Q> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl<Q, K> Equivalent<Hashed<K>> for Probe<'_, Q>
+where
+    Q: Eq + ?Sized,
+    K: Borrow<Q>,
+{
+    fn equivalent(&self, stored: &Hashed<K>) -> bool {
+        self.hash == stored.hash && self.key == stored.key.borrow()
+    }
+}
+
+#[cfg(not(loom))]
+pub(crate) use self::papaya_map::{Pinned, ShardMap};
+
+#[cfg(not(loom))]
+mod papaya_map {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    /// The map's hasher: the hash was computed by the limiter; pass it through.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub(crate) struct PassThrough;
+
+    /// See [`PassThrough`].
+    #[derive(Default)]
+    pub(crate) struct PassThroughHasher(u64);
+
+    impl Hasher for PassThroughHasher {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            // Only `write_u64` is ever called (by `Hashed` and `Probe`); fold anything else in so
+            // the hasher stays total.
+            for &b in bytes {
+                self.0 = self.0.rotate_left(8) ^ u64::from(b);
+            }
+        }
+        fn write_u64(&mut self, hash: u64) {
+            self.0 = hash;
+        }
+    }
+
+    impl BuildHasher for PassThrough {
+        type Hasher = PassThroughHasher;
+        fn build_hasher(&self) -> PassThroughHasher {
+            PassThroughHasher(0)
+        }
+    }
+    use crate::state::TOMBSTONE;
+
+    /// One shard: a papaya map from keys to bucket cells.
+    pub(crate) struct ShardMap<K> {
+        map: papaya::HashMap<Hashed<K>, Cell, PassThrough>,
+    }
+
+    /// A shard pinned for one call: references it returns stay valid until it drops.
+    pub(crate) struct Pinned<'m, K> {
+        map: &'m papaya::HashMap<Hashed<K>, Cell, PassThrough>,
+        guard: papaya::LocalGuard<'m>,
+    }
+
+    impl<K: Hash + Eq> ShardMap<K> {
+        pub(crate) fn with_capacity(capacity: usize) -> Self {
+            ShardMap {
+                map: papaya::HashMap::builder()
+                    .capacity(capacity)
+                    .hasher(PassThrough)
+                    .build(),
+            }
+        }
+
+        #[inline]
+        pub(crate) fn pin(&self) -> Pinned<'_, K> {
+            Pinned {
+                map: &self.map,
+                guard: self.map.guard(),
+            }
+        }
+    }
+
+    impl<K: Hash + Eq> Pinned<'_, K> {
+        #[inline]
+        pub(crate) fn get<Q>(&self, probe: &Probe<'_, Q>) -> Option<&Cell>
+        where
+            Q: Eq + ?Sized,
+            K: Borrow<Q>,
+        {
+            self.map.get(probe, &self.guard)
+        }
+
+        /// `Ok(new cell)` when this call inserted, `Err(existing)` when the key was there.
+        #[inline]
+        pub(crate) fn try_insert_with(
+            &self,
+            key: Hashed<K>,
+            make: impl FnOnce() -> Cell,
+        ) -> Result<&Cell, &Cell> {
+            self.map.try_insert_with(key, make, &self.guard)
+        }
+
+        /// Removes the key's entry if its cell is a tombstone. True when this call removed it.
+        pub(crate) fn remove_tombstoned<Q>(&self, probe: &Probe<'_, Q>) -> bool
+        where
+            Q: Eq + ?Sized,
+            K: Borrow<Q>,
+        {
+            matches!(
+                self.map
+                    .remove_if(probe, |_, cell| cell.load() == TOMBSTONE, &self.guard),
+                Ok(Some(_))
+            )
+        }
+
+        /// Visits every entry; where `kill` tombstones the cell (returns true), removes the
+        /// entry. Returns how many entries this call removed.
+        pub(crate) fn sweep(&self, mut kill: impl FnMut(&Cell) -> bool) -> usize {
+            let mut removed = 0;
+            for (key, cell) in self.map.iter(&self.guard) {
+                if kill(cell) {
+                    let probe = Probe {
+                        hash: key.hash,
+                        key: &key.key,
+                    };
+                    removed += usize::from(self.remove_tombstoned(&probe));
+                }
+            }
+            removed
+        }
+    }
+}
+
+#[cfg(loom)]
+pub(crate) use self::loom_map::{Pinned, ShardMap};
+
+#[cfg(loom)]
+mod loom_map {
+    use super::*;
+    use crate::state::TOMBSTONE;
+    use loom::sync::Mutex;
+
+    /// The loom stand-in: a linearizable map (one mutex) whose cells outlive their removal, as
+    /// papaya's do under a guard (here by leaking them: models are small).
+    pub(crate) struct ShardMap<K> {
+        entries: Mutex<Vec<(Hashed<K>, &'static Cell)>>,
+    }
+
+    pub(crate) struct Pinned<'m, K> {
+        map: &'m ShardMap<K>,
+    }
+
+    impl<K: Hash + Eq> ShardMap<K> {
+        pub(crate) fn with_capacity(_capacity: usize) -> Self {
+            ShardMap {
+                entries: Mutex::new(Vec::new()),
+            }
+        }
+
+        pub(crate) fn pin(&self) -> Pinned<'_, K> {
+            Pinned { map: self }
+        }
+    }
+
+    impl<K: Hash + Eq> Pinned<'_, K> {
+        pub(crate) fn get<Q>(&self, probe: &Probe<'_, Q>) -> Option<&Cell>
+        where
+            Q: Eq + ?Sized,
+            K: Borrow<Q>,
+        {
+            let entries = self.map.entries.lock().unwrap();
+            entries
+                .iter()
+                .find(|(k, _)| probe.equivalent(k))
+                .map(|(_, c)| *c)
+        }
+
+        pub(crate) fn try_insert_with(
+            &self,
+            key: Hashed<K>,
+            make: impl FnOnce() -> Cell,
+        ) -> Result<&Cell, &Cell> {
+            let mut entries = self.map.entries.lock().unwrap();
+            if let Some((_, c)) = entries.iter().find(|(k, _)| *k == key) {
+                return Err(*c);
+            }
+            let cell: &'static Cell = Box::leak(Box::new(make()));
+            entries.push((key, cell));
+            Ok(cell)
+        }
+
+        pub(crate) fn remove_tombstoned<Q>(&self, probe: &Probe<'_, Q>) -> bool
+        where
+            Q: Eq + ?Sized,
+            K: Borrow<Q>,
+        {
+            let mut entries = self.map.entries.lock().unwrap();
+            let at = entries
+                .iter()
+                .position(|(k, c)| probe.equivalent(k) && c.load() == TOMBSTONE);
+            at.map(|i| entries.swap_remove(i)).is_some()
+        }
+
+        pub(crate) fn sweep(&self, mut kill: impl FnMut(&Cell) -> bool) -> usize {
+            // Snapshot, then tombstone and remove one entry at a time, as papaya's iteration
+            // lets other calls run in between.
+            let cells: Vec<&'static Cell> = {
+                let entries = self.map.entries.lock().unwrap();
+                entries.iter().map(|(_, c)| *c).collect()
+            };
+            let mut removed = 0;
+            for cell in cells {
+                if kill(cell) {
+                    let mut entries = self.map.entries.lock().unwrap();
+                    if let Some(i) = entries
+                        .iter()
+                        .position(|(_, c)| std::ptr::eq(*c, cell) && c.load() == TOMBSTONE)
+                    {
+                        entries.swap_remove(i);
+                        removed += 1;
+                    }
+                }
+            }
+            removed
+        }
+    }
+}
