@@ -19,6 +19,10 @@ fn floor(c: &mut Criterion) {
     });
     let precise = MonotonicClock::new();
     g.bench_function("clock/monotonic", |b| b.iter(|| black_box(precise.now())));
+    let gv_precise = governor::clock::QuantaClock::default();
+    g.bench_function("clock/governor-quanta", |b| {
+        b.iter(|| black_box(governor::clock::Clock::now(&gv_precise)))
+    });
     let coarse = CoarseClock::new();
     g.bench_function("clock/coarse", |b| b.iter(|| black_box(coarse.now())));
     let manual = ManualClock::new();

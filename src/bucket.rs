@@ -18,21 +18,16 @@ impl Cell {
         Cell(AtomicU64::new(steps.full(k)))
     }
 
-    /// Refill to step `k` and try to take `n <= C` tokens. `None` when the cell is a tombstone
-    /// (the caller looks the key up again). Lock-free: a failed CAS retries from the value it
-    /// returned; a denial or a peek stores nothing unless it is the first to see a new step.
-    #[inline]
-    pub(crate) fn acquire(
-        &self,
-        steps: &Steps,
-        k: u64,
-        n: u64,
-        now: u64,
-        epoch: u64,
-    ) -> Option<Decision> {
+    /// Refill to the step of clock reading `now` and try to take `n <= C` tokens. `None` when
+    /// the cell is a tombstone (the caller looks the key up again). Lock-free: a failed CAS
+    /// retries from the value it returned; a denial or a peek stores nothing unless it is the
+    /// first to see a new step.
+    #[inline(always)]
+    pub(crate) fn acquire(&self, steps: &Steps, n: u64, now: u64, epoch: u64) -> Option<Decision> {
         // Relaxed: the word is self-contained (no other memory is published through it), and
         // all read-modify-writes of one location are totally ordered by coherence.
         let mut word = self.0.load(Ordering::Relaxed);
+        let k = steps.step_index_near(now.saturating_sub(epoch), word);
         loop {
             if word == TOMBSTONE {
                 return None;
@@ -146,10 +141,15 @@ impl<C: Clock> TokenBucket<C> {
                 capacity: self.steps.cap,
             });
         }
+        Ok(self.acquire(n))
+    }
+
+    /// `n <= C`.
+    #[inline(always)]
+    fn acquire(&self, n: u64) -> Decision {
         let now = self.clock.now();
-        let k = self.steps.step_index(now.saturating_sub(self.epoch));
-        match self.cell.acquire(&self.steps, k, n, now, self.epoch) {
-            Some(d) => Ok(d),
+        match self.cell.acquire(&self.steps, n, now, self.epoch) {
+            Some(d) => d,
             // A lone bucket is never evicted.
             None => unreachable!("a TokenBucket is never tombstoned"),
         }
@@ -165,10 +165,8 @@ impl<C: Clock> TokenBucket<C> {
     /// ```
     #[inline]
     pub fn check(&self) -> Decision {
-        match self.try_acquire(1) {
-            Ok(d) => d,
-            Err(_) => unreachable!("capacity is at least 1"),
-        }
+        // Capacity is at least 1.
+        self.acquire(1)
     }
 
     /// The limit this bucket enforces.

@@ -5,8 +5,8 @@
 //!
 //! - [`MonotonicClock`]: precise, quanta's TSC-backed clock (falls back to the OS monotonic
 //!   clock when the TSC is not usable). The default.
-//! - [`CoarseClock`]: quanta's "recent" time, refreshed every millisecond by one process-wide
-//!   upkeep thread. Cheaper to read; it lags by up to the upkeep interval, which only makes
+//! - [`CoarseClock`]: the quanta time as stored every millisecond by one process-wide upkeep
+//!   thread. Cheaper to read; it lags by up to the upkeep interval, which only makes
 //!   decisions stricter (less refill seen, longer waits reported).
 //! - [`ManualClock`]: moved by hand, for tests and simulations.
 //!
@@ -95,29 +95,49 @@ impl Clock for MonotonicClock {
 /// The upkeep interval of the [`CoarseClock`]'s process-wide thread.
 pub const COARSE_UPKEEP_INTERVAL: Duration = Duration::from_millis(1);
 
-/// How the coarse clock gets its time in this process.
-#[derive(Debug)]
-enum Upkeep {
-    /// Ours: never stopped (held by a static).
-    Running(#[allow(dead_code)] quanta::Handle),
-    /// Someone else's upkeep thread was already running (quanta allows one per process).
-    Foreign,
-    /// The thread could not be spawned: read the precise clock instead.
-    Failed,
+/// The coarse time: quanta nanoseconds since [`UPKEEP`]'s origin, stored by the upkeep thread.
+/// A std atomic even under loom: no model reads the coarse clock. On a cache line of its own, so
+/// that writes to neighbouring statics do not slow its readers.
+static COARSE_NOW: crossbeam_utils::CachePadded<std::sync::atomic::AtomicU64> =
+    crossbeam_utils::CachePadded::new(std::sync::atomic::AtomicU64::new(0));
+
+/// Whether tollgate's upkeep thread runs in this process (`false`: it could not be spawned).
+static UPKEEP: OnceLock<bool> = OnceLock::new();
+
+/// Starts tollgate's upkeep thread once per process; it runs for the life of the process,
+/// storing the precise time in [`COARSE_NOW`] every [`COARSE_UPKEEP_INTERVAL`].
+///
+/// It does not use quanta's upkeep slot (`quanta::Upkeep::start`, one per process, which answers
+/// `UpkeepRunning` to anyone after the first), so another library that needs the slot
+/// (governor's `QuantaUpkeepClock`, say) still gets it, and when that library stops its thread,
+/// tollgate's coarse time does not freeze.
+fn start_upkeep() -> bool {
+    *UPKEEP.get_or_init(|| {
+        let clock = MonotonicClock::new();
+        // Relaxed: a lone value; readers need no other memory ordered with it.
+        COARSE_NOW.store(clock.now(), std::sync::atomic::Ordering::Relaxed);
+        std::thread::Builder::new()
+            .name("tollgate-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(COARSE_UPKEEP_INTERVAL);
+                // Relaxed: as above. `fetch_max`: never backwards, even across cores.
+                COARSE_NOW.fetch_max(clock.now(), std::sync::atomic::Ordering::Relaxed);
+            })
+            .is_ok()
+    })
 }
 
-static UPKEEP: OnceLock<Upkeep> = OnceLock::new();
-
-/// The coarse clock: quanta's recent time, kept fresh by one process-wide upkeep thread (every
-/// [`COARSE_UPKEEP_INTERVAL`]). A read is one atomic load.
+/// The coarse clock: the precise (quanta) time as last stored by one process-wide upkeep thread
+/// every [`COARSE_UPKEEP_INTERVAL`]. A read is one relaxed atomic load.
 ///
-/// The first `CoarseClock::new` in a process starts the upkeep thread; later ones share it. When
-/// another library already runs quanta's upkeep thread (quanta allows one per process and
-/// answers `UpkeepRunning`), that thread's time is used. When the thread cannot be spawned, the
-/// clock reads the precise time instead.
+/// The first `CoarseClock::new` in a process starts the thread (named `tollgate-upkeep`); later
+/// ones share it. It does not take quanta's one-per-process upkeep slot, so it coexists with
+/// another library's quanta upkeep thread (no `UpkeepRunning` conflict either way). When the
+/// thread cannot be spawned, the clock reads the precise time instead.
 ///
-/// The recent time lags real time by at most the upkeep interval (plus scheduling delay): a
-/// limiter on this clock sees refills a little late, so its decisions can only be stricter.
+/// The coarse time lags real time by at most the upkeep interval (plus scheduling delay): a
+/// limiter on this clock sees refills a little late, so its decisions can only be stricter,
+/// and its waits are exact to the clock's resolution (about a millisecond).
 ///
 /// ```
 /// use tollgate::{Clock, CoarseClock};
@@ -128,28 +148,14 @@ static UPKEEP: OnceLock<Upkeep> = OnceLock::new();
 /// ```
 #[derive(Clone, Debug)]
 pub struct CoarseClock {
-    origin: quanta::Instant,
-    precise: Option<quanta::Clock>,
+    precise: Option<MonotonicClock>,
 }
 
 impl CoarseClock {
-    /// A coarse clock whose origin is now; starts the upkeep thread if none runs.
+    /// A coarse clock; starts the upkeep thread if none runs.
     pub fn new() -> CoarseClock {
-        let upkeep =
-            UPKEEP.get_or_init(
-                || match quanta::Upkeep::new(COARSE_UPKEEP_INTERVAL).start() {
-                    Ok(handle) => Upkeep::Running(handle),
-                    Err(quanta::Error::UpkeepRunning) => Upkeep::Foreign,
-                    Err(quanta::Error::FailedToSpawnUpkeepThread(_)) => Upkeep::Failed,
-                },
-            );
-        let precise = match upkeep {
-            Upkeep::Failed => Some(quanta::Clock::new()),
-            Upkeep::Running(_) | Upkeep::Foreign => None,
-        };
         CoarseClock {
-            origin: quanta::Instant::recent(),
-            precise,
+            precise: (!start_upkeep()).then(MonotonicClock::new),
         }
     }
 }
@@ -163,12 +169,11 @@ impl Default for CoarseClock {
 impl Clock for CoarseClock {
     #[inline]
     fn now(&self) -> u64 {
-        let now = match &self.precise {
-            None => quanta::Instant::recent(),
+        match &self.precise {
+            // Relaxed: a lone value (see `start_upkeep`).
+            None => COARSE_NOW.load(std::sync::atomic::Ordering::Relaxed),
             Some(clock) => clock.now(),
-        };
-        // Below 2^64 ns (584 years) of uptime the cast is exact.
-        now.saturating_duration_since(self.origin).as_nanos() as u64
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::state::{Outcome, Steps};
+use crate::state::{Outcome, Rate, Steps};
 
 /// The outcome of one call on a bucket.
 ///
@@ -38,11 +38,11 @@ pub struct Decision {
     /// Clock reading of the call, and the limiter's epoch (same scale).
     now: u64,
     epoch: u64,
-    steps: Steps,
+    rate: Rate,
 }
 
 impl Decision {
-    #[inline]
+    #[inline(always)]
     pub(crate) fn new(steps: &Steps, out: &Outcome, n: u64, now: u64, epoch: u64) -> Decision {
         Decision {
             allowed: out.allowed,
@@ -51,7 +51,7 @@ impl Decision {
             n,
             now,
             epoch,
-            steps: *steps,
+            rate: *steps.rate(),
         }
     }
 
@@ -70,7 +70,7 @@ impl Decision {
     /// The bucket's capacity C.
     #[inline]
     pub fn limit(&self) -> u64 {
-        self.steps.cap
+        self.rate.cap
     }
 
     /// Tokens left after this call.
@@ -89,12 +89,12 @@ impl Decision {
 
     /// The wait until the bucket is full again (zero when full).
     pub fn reset_after(&self) -> Duration {
-        self.until_tokens(self.steps.cap)
+        self.until_tokens(self.rate.cap)
     }
 
     /// The wait until more tokens arrive: the next refill step (zero when full).
     pub fn next_refill_after(&self) -> Duration {
-        if self.tokens >= self.steps.cap {
+        if self.tokens >= self.rate.cap {
             return Duration::ZERO;
         }
         self.until_step(self.mark.saturating_add(1))
@@ -105,13 +105,13 @@ impl Decision {
         if self.tokens >= want {
             return Duration::ZERO;
         }
-        let steps = (want - self.tokens).div_ceil(self.steps.q);
+        let steps = (want - self.tokens).div_ceil(self.rate.q);
         self.until_step(self.mark.saturating_add(steps))
     }
 
     /// `T(j) - now`, saturating at zero.
     fn until_step(&self, j: u64) -> Duration {
-        let at = self.epoch.saturating_add(self.steps.step_start(j));
+        let at = self.epoch.saturating_add(self.rate.step_start(j));
         Duration::from_nanos(at.saturating_sub(self.now))
     }
 }

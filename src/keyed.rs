@@ -38,6 +38,9 @@ use crate::state::{self, Steps};
 /// precompute keys that collide (hash flooding).
 pub type KeyHasher = foldhash::fast::RandomState;
 
+/// Inserts into a shard between two hand-overs of its retired memory to the collector.
+const FLUSH_EVERY: usize = 1024;
+
 /// The least number of new-key attempts between two automatic sweeps of a shard.
 const MIN_SWEEP_EVERY: usize = 64;
 
@@ -299,7 +302,6 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
             });
         }
         let now = self.clock.now();
-        let k = self.steps.step_index(now.saturating_sub(self.epoch));
         let hash = self.hasher.hash_one(key);
         let shard = &self.shards[((hash >> 32) & self.shard_mask) as usize];
         let probe = Probe { hash, key };
@@ -307,12 +309,12 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         loop {
             let cell = match pinned.get(&probe) {
                 Some(cell) => cell,
-                None => match self.first_touch(shard, &pinned, &probe, k) {
+                None => match self.first_touch(shard, &pinned, &probe, now) {
                     Some(cell) => cell,
-                    None => return Ok(self.at_capacity(k, n, now)),
+                    None => return Ok(self.at_capacity(n, now)),
                 },
             };
-            if let Some(d) = cell.acquire(&self.steps, k, n, now, self.epoch) {
+            if let Some(d) = cell.acquire(&self.steps, n, now, self.epoch) {
                 return Ok(d);
             }
             // A tombstone: the bucket is being evicted. Help remove it, then look again.
@@ -322,20 +324,21 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         }
     }
 
-    /// A miss: maybe sweep the shard, then insert a full bucket marked at `k`. `None` when the
-    /// key cap leaves no room.
+    /// A miss: maybe sweep the shard, then insert a full bucket marked at the step of `now`.
+    /// `None` when the key cap leaves no room.
     #[cold]
     fn first_touch<'p, Q>(
         &self,
         shard: &Shard<K>,
         pinned: &'p Pinned<'_, K>,
         probe: &Probe<'_, Q>,
-        k: u64,
+        now: u64,
     ) -> Option<&'p Cell>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
+        let k = self.step_now(now);
         // Relaxed (all counters here): they pace sweeps and bound the key count; they publish
         // no memory, and the count's bound is kept by the read-modify-writes themselves.
         let misses = shard.misses.fetch_add(1, Ordering::Relaxed) + 1;
@@ -362,7 +365,11 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         };
         match pinned.try_insert_with(key, || Cell::full(&self.steps, k)) {
             Ok(cell) => {
-                shard.len.fetch_add(1, Ordering::Relaxed);
+                let len = shard.len.fetch_add(1, Ordering::Relaxed) + 1;
+                if len % FLUSH_EVERY == 0 {
+                    // Growing: let old tables from finished resizes be freed promptly.
+                    pinned.flush();
+                }
                 Some(cell)
             }
             Err(cell) => {
@@ -372,11 +379,16 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         }
     }
 
+    /// The step of clock reading `now`.
+    fn step_now(&self, now: u64) -> u64 {
+        self.steps.step_index(now.saturating_sub(self.epoch))
+    }
+
     #[cold]
-    fn at_capacity(&self, k: u64, n: u64, now: u64) -> Decision {
+    fn at_capacity(&self, n: u64, now: u64) -> Decision {
+        let k = self.step_now(now);
         match self.at_capacity {
-            AtCapacity::Overflow => match self.overflow.acquire(&self.steps, k, n, now, self.epoch)
-            {
+            AtCapacity::Overflow => match self.overflow.acquire(&self.steps, n, now, self.epoch) {
                 Some(d) => d,
                 None => unreachable!("the overflow bucket is never evicted"),
             },
@@ -429,9 +441,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     /// # Ok::<(), tollgate::LimitError>(())
     /// ```
     pub fn evict_idle(&self) -> usize {
-        let k = self
-            .steps
-            .step_index(self.clock.now().saturating_sub(self.epoch));
+        let k = self.step_now(self.clock.now());
         self.shards
             .iter()
             .map(|shard| {

@@ -404,7 +404,7 @@ impl Limit {
     /// ```
     pub fn time_to_fill(&self) -> Duration {
         let s = &self.steps;
-        Duration::from_nanos(s.step_start(s.cap.div_ceil(s.q)))
+        Duration::from_nanos(s.rate().step_start(s.cap.div_ceil(s.q)))
     }
 
     pub(crate) fn steps(&self) -> &Steps {

@@ -161,6 +161,12 @@ mod papaya_map {
             )
         }
 
+        /// Hands this thread's retired memory (old tables after a resize, removed entries) to
+        /// the collector now instead of when a batch fills.
+        pub(crate) fn flush(&self) {
+            papaya::Guard::flush(&self.guard);
+        }
+
         /// Visits every entry; where `kill` tombstones the cell (returns true), removes the
         /// entry. Returns how many entries this call removed.
         pub(crate) fn sweep(&self, mut kill: impl FnMut(&Cell) -> bool) -> usize {
@@ -248,6 +254,8 @@ mod loom_map {
                 .position(|(k, c)| probe.equivalent(k) && c.load() == TOMBSTONE);
             at.map(|i| entries.swap_remove(i)).is_some()
         }
+
+        pub(crate) fn flush(&self) {}
 
         pub(crate) fn sweep(&self, mut kill: impl FnMut(&Cell) -> bool) -> usize {
             // Snapshot, then tombstone and remove one entry at a time, as papaya's iteration

@@ -37,22 +37,109 @@
 /// capacity.
 pub(crate) const TOMBSTONE: u64 = u64::MAX;
 
-/// The step arithmetic of one limit, precomputed when the limit is built so the hot path
-/// needs no `u128` division for ordinary limits.
+/// The numbers of a limit that decisions need: capacity, tokens per step, and the step rate
+/// `a / b` (reduced; `b` in nanoseconds, `b >= a`: a step is at least 1 ns).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct Steps {
+pub(crate) struct Rate {
     /// Capacity C.
     pub(crate) cap: u64,
     /// Tokens per step.
     pub(crate) q: u64,
-    /// Step rate numerator (reduced).
+    /// Step rate numerator.
     pub(crate) a: u64,
-    /// Step rate denominator in nanoseconds (reduced). `b >= a`: a step is at least 1 ns.
+    /// Step rate denominator, in nanoseconds.
     pub(crate) b: u64,
+}
+
+impl Rate {
+    /// `T(j) = ceil(j * b / a)`: the first nanosecond (since the epoch) of step `j`,
+    /// saturating at `u64::MAX`. Off the hot path: decisions compute their waits when asked.
+    pub(crate) fn step_start(&self, j: u64) -> u64 {
+        if self.a == 1 {
+            j.saturating_mul(self.b)
+        } else if self.a.checked_mul(self.b).is_some() {
+            let (x, r) = (j / self.a, j % self.a);
+            // r*b < a*b fits.
+            let part = (r * self.b).div_ceil(self.a);
+            x.checked_mul(self.b)
+                .and_then(|v| v.checked_add(part))
+                .unwrap_or(u64::MAX)
+        } else {
+            let v = (j as u128 * self.b as u128).div_ceil(self.a as u128);
+            u64::try_from(v).unwrap_or(u64::MAX)
+        }
+    }
+}
+
+/// The step arithmetic of one limit, precomputed when the limit is built, so the hot path has
+/// no division instruction (and no `u128` arithmetic for ordinary limits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Steps {
+    rate: Rate,
     /// Width of the token field.
-    pub(crate) token_bits: u32,
-    /// `a * b` fits in a `u64`: the split `u64` formulas below are exact.
-    pub(crate) narrow: bool,
+    token_bits: u32,
+    token_mask: u64,
+    mark_mask: u64,
+    /// `2^(M-1)`: distances below it are progress.
+    horizon: u64,
+    /// `ceil(C / q)`: the steps that fill an empty bucket; more add nothing.
+    fill_steps: u64,
+    /// `a * b` fits in a `u64`: the split `u64` formula for `k(t)` is exact.
+    narrow: bool,
+    /// Division by `b`, precomputed.
+    by_b: Divisor,
+    /// Marks below this take the fast path of [`Steps::step_index_near`]: `u64::MAX / b` when
+    /// `a == 1` (so `(m + 1) * b` cannot overflow), 0 otherwise (never).
+    near_limit: u64,
+}
+
+impl std::ops::Deref for Steps {
+    type Target = Rate;
+    #[inline(always)]
+    fn deref(&self) -> &Rate {
+        &self.rate
+    }
+}
+
+/// Division by a constant fixed when the limit is built, as a multiply and shifts (Granlund and
+/// Montgomery, "Division by invariant integers using multiplication", 1994, figure 4.1): exact
+/// for every `u64` numerator and divisor, and several times cheaper than a `div` instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Divisor {
+    d: u64,
+    m: u64,
+    sh1: u32,
+    sh2: u32,
+}
+
+impl Divisor {
+    /// `d >= 1`.
+    pub(crate) fn new(d: u64) -> Divisor {
+        // l = ceil(log2 d); m = floor(2^64 * (2^l - d) / d) + 1, which fits in 64 bits.
+        let l = 64 - (d - 1).leading_zeros();
+        let m = ((((1u128 << l) - d as u128) << 64) / d as u128) as u64 + 1;
+        Divisor {
+            d,
+            m,
+            sh1: l.min(1),
+            sh2: l.saturating_sub(1),
+        }
+    }
+
+    /// `n / d`.
+    #[inline(always)]
+    pub(crate) fn div(&self, n: u64) -> u64 {
+        let t1 = ((self.m as u128 * n as u128) >> 64) as u64;
+        // t1 <= n, so the sum does not overflow.
+        (t1 + ((n - t1) >> self.sh1)) >> self.sh2
+    }
+
+    /// (`n / d`, `n % d`).
+    #[inline(always)]
+    pub(crate) fn div_rem(&self, n: u64) -> (u64, u64) {
+        let q = self.div(n);
+        (q, n - q * self.d)
+    }
 }
 
 /// What one call does to one bucket word.
@@ -79,66 +166,63 @@ pub(crate) const fn gcd(mut x: u64, mut y: u64) -> u64 {
 
 impl Steps {
     /// Builds the arithmetic for `q` tokens every `b / a` nanoseconds. Callers validate:
-    /// `1 <= cap < 2^62`, `1 <= q <= cap`, `1 <= a <= b`.
+    /// `1 <= cap <= 2^32`, `1 <= q <= cap`, `1 <= a <= b`.
     pub(crate) fn new(cap: u64, q: u64, a: u64, b: u64) -> Steps {
         let g = gcd(a, b);
         let (a, b) = (a / g, b / g);
+        let token_bits = 64 - (cap + 1).leading_zeros();
         Steps {
-            cap,
-            q,
-            a,
-            b,
-            token_bits: 64 - (cap + 1).leading_zeros(),
+            rate: Rate { cap, q, a, b },
+            token_bits,
+            token_mask: (1u64 << token_bits) - 1,
+            mark_mask: u64::MAX >> token_bits,
+            horizon: 1u64 << (63 - token_bits),
+            fill_steps: cap.div_ceil(q),
             narrow: a.checked_mul(b).is_some(),
+            by_b: Divisor::new(b),
+            near_limit: if a == 1 { u64::MAX / b } else { 0 },
         }
     }
 
-    #[inline]
-    fn token_mask(&self) -> u64 {
-        (1u64 << self.token_bits) - 1
-    }
-
-    #[inline]
-    fn mark_mask(&self) -> u64 {
-        u64::MAX >> self.token_bits
+    /// The numbers decisions need.
+    #[inline(always)]
+    pub(crate) fn rate(&self) -> &Rate {
+        &self.rate
     }
 
     /// Steps within which a distance is read as forward progress: `2^(M-1)`.
-    #[inline]
     pub(crate) fn horizon_steps(&self) -> u64 {
-        1u64 << (63 - self.token_bits)
+        self.horizon
     }
 
     /// `k(t) = floor(t * a / b)` for `t` nanoseconds since the epoch.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn step_index(&self, t: u64) -> u64 {
         if self.a == 1 {
-            t / self.b
+            self.by_b.div(t)
         } else if self.narrow {
             // t = x*b + r  =>  t*a/b = x*a + r*a/b, and r*a < a*b fits. x*a <= t: no overflow.
-            (t / self.b) * self.a + (t % self.b) * self.a / self.b
+            let (x, r) = self.by_b.div_rem(t);
+            x * self.a + self.by_b.div(r * self.a)
         } else {
             // Exotic limits only (a*b beyond u64): exact via u128.
             ((t as u128 * self.a as u128) / self.b as u128) as u64
         }
     }
 
-    /// `T(j) = ceil(j * b / a)`: the first nanosecond (since the epoch) of step `j`,
-    /// saturating at `u64::MAX`.
-    #[inline]
-    pub(crate) fn step_start(&self, j: u64) -> u64 {
-        if self.a == 1 {
-            j.saturating_mul(self.b)
-        } else if self.narrow {
-            let (x, r) = (j / self.a, j % self.a);
-            // r*b < a*b fits (div_ceil adds nothing that overflows: the quotient is below b).
-            let part = (r * self.b).div_ceil(self.a);
-            x.checked_mul(self.b)
-                .and_then(|v| v.checked_add(part))
-                .unwrap_or(u64::MAX)
+    /// `k(t)`, using the mark stored in `word` as a guess: when `t` lies in step `m` (the
+    /// stored mark read as a plain number), `k(t) = m` by the definition of `T`, with a multiply
+    /// and a compare that do not wait on the clock (both come from the word). Otherwise, and
+    /// for `a != 1`, [`step_index`](Steps::step_index). Same result either way; most calls of a
+    /// busy bucket land in the step of the previous call.
+    #[inline(always)]
+    pub(crate) fn step_index_near(&self, t: u64, word: u64) -> u64 {
+        let m = word >> self.token_bits;
+        // m < near_limit: a == 1 and m*b + b fits. T(m) = m*b <= t < T(m+1) = m*b + b.
+        if m < self.near_limit && t.wrapping_sub(m * self.b) < self.b {
+            m
         } else {
-            let v = (j as u128 * self.b as u128).div_ceil(self.a as u128);
-            u64::try_from(v).unwrap_or(u64::MAX)
+            self.step_index(t)
         }
     }
 
@@ -154,6 +238,30 @@ impl Steps {
         self.pack(k, 0)
     }
 
+    #[inline(always)]
+    fn pack(&self, mark: u64, tokens: u64) -> u64 {
+        ((mark & self.mark_mask) << self.token_bits) | tokens
+    }
+
+    /// Decodes `word` as seen at step `k`: (tokens after the refill, full mark after it,
+    /// whether the mark moved forward).
+    #[inline(always)]
+    pub(crate) fn refill(&self, word: u64, k: u64) -> (u64, u64, bool) {
+        let tokens = word & self.token_mask;
+        let stored = word >> self.token_bits;
+        let d = k.wrapping_sub(stored) & self.mark_mask;
+        if d.wrapping_sub(1) < self.horizon - 1 {
+            // 0 < d < horizon. Steps beyond `fill_steps` add nothing, so clamp first: then
+            // tokens + d*q <= C + C + q < 2^34, no overflow.
+            let added = tokens + d.min(self.fill_steps) * self.q;
+            (added.min(self.cap), k, true)
+        } else {
+            // No progress: the stored mark is k or ahead of k (stale reading, clock back).
+            let ahead = stored.wrapping_sub(k) & self.mark_mask;
+            (tokens, k.saturating_add(ahead), false)
+        }
+    }
+
     /// Whether a bucket with this word may be evicted at step `k`: it was already full, with
     /// its mark recorded, `idle_steps` steps ago (at `k0 = k - idle_steps`). Then at every step
     /// from `k0` on it is full with the mark of the call, exactly like a fresh bucket, so
@@ -164,30 +272,8 @@ impl Steps {
             return false;
         }
         let k0 = k - idle_steps;
-        let (tokens, mark) = self.refill(word, k0);
+        let (tokens, mark, _) = self.refill(word, k0);
         tokens == self.cap && mark == k0
-    }
-
-    #[inline]
-    fn pack(&self, mark: u64, tokens: u64) -> u64 {
-        ((mark & self.mark_mask()) << self.token_bits) | tokens
-    }
-
-    /// Decodes `word` as seen at step `k`: (tokens after the refill, full mark after it).
-    #[inline]
-    pub(crate) fn refill(&self, word: u64, k: u64) -> (u64, u64) {
-        let tokens = word & self.token_mask();
-        let stored = word >> self.token_bits;
-        let d = k.wrapping_sub(stored) & self.mark_mask();
-        if d != 0 && d < self.horizon_steps() {
-            // d < 2^62 and q < 2^62: saturate instead of overflowing; min(C, ..) follows.
-            let added = tokens.saturating_add(d.saturating_mul(self.q));
-            (added.min(self.cap), k)
-        } else {
-            // No progress: the stored mark is k or ahead of k (stale reading, clock back).
-            let ahead = stored.wrapping_sub(k) & self.mark_mask();
-            (tokens, k.saturating_add(ahead))
-        }
     }
 }
 
@@ -198,23 +284,88 @@ impl Steps {
 /// is the first to see a new refill step (the mark must move, or a later stale reading would
 /// refill from an older mark than SPEC's). A denial or a peek within an already recorded step
 /// writes nothing, so a flood of denials writes at most once per step.
-#[inline]
+#[inline(always)]
 pub(crate) fn step(s: &Steps, word: u64, k: u64, n: u64) -> Outcome {
-    let (tokens, mark) = s.refill(word, k);
-    let allowed = n <= tokens;
-    let tokens = if allowed { tokens - n } else { tokens };
-    let new = s.pack(mark, tokens);
-    Outcome {
-        allowed,
-        tokens,
-        mark,
-        write: (new != word).then_some(new),
+    let (tokens, mark, moved) = s.refill(word, k);
+    if n <= tokens {
+        let left = tokens - n;
+        // Without a refill the mark bits stay as stored and the token field (>= n) drops by n:
+        // the new word is `word - n`, which keeps the CAS's inputs off the clock's path.
+        let write = if moved {
+            Some(s.pack(mark, left))
+        } else {
+            (n > 0).then_some(word - n)
+        };
+        Outcome {
+            allowed: true,
+            tokens: left,
+            mark,
+            write,
+        }
+    } else {
+        Outcome {
+            allowed: false,
+            tokens,
+            mark,
+            write: moved.then(|| s.pack(mark, tokens)),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn divisor_is_exact() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut ds = vec![
+            1u64,
+            2,
+            3,
+            7,
+            10,
+            1_000_000_000,
+            3_600_000_000_000,
+            1 << 63,
+            u64::MAX,
+        ];
+        ds.extend((0..200).map(|i| next() >> (i % 64)).filter(|&d| d > 0));
+        for d in ds {
+            let div = Divisor::new(d);
+            let mut ns = vec![0u64, 1, d - 1, d, d.wrapping_add(1), u64::MAX, u64::MAX - 1];
+            ns.extend((0..200).map(|i| next() >> (i % 64)));
+            for n in ns {
+                assert_eq!(div.div(n), n / d, "{n} / {d}");
+                assert_eq!(div.div_rem(n), (n / d, n % d), "{n} % {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn step_index_near_equals_step_index() {
+        for s in [
+            Steps::new(5, 1, 1, 7),
+            Steps::new(5, 1, 3, 7),
+            Steps::new(5, 5, 1, 1_000_000_000),
+            Steps::new(1, 1, 1, u64::MAX / 3),
+        ] {
+            for m in [0u64, 1, 2, 5, 1000, 1 << 40, s.mark_mask] {
+                let word = s.pack(m, 1);
+                for t in [0u64, 1, 6, 7, 8, 13, 14, 7_000, 6_999, u64::MAX, 1 << 62] {
+                    for t in [t, s.rate().step_start(m).saturating_add(t % 3)] {
+                        assert_eq!(s.step_index_near(t, word), s.step_index(t), "{s:?} {m} {t}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn reduces_rate_and_sizes_token_field() {
@@ -235,7 +386,7 @@ mod tests {
             Steps::new(9, 1, u64::MAX / 3, u64::MAX / 2),
         ] {
             for j in [0u64, 1, 2, 3, 4, 5, 100, 12345, 1 << 20] {
-                let t = s.step_start(j);
+                let t = s.rate().step_start(j);
                 if t == u64::MAX {
                     continue;
                 }
@@ -288,7 +439,7 @@ mod tests {
     fn tombstone_is_not_a_state() {
         for cap in [1u64, 2, 3, 7, 8, 1 << 24] {
             let s = Steps::new(cap, 1, 1, 1);
-            assert!(TOMBSTONE & s.token_mask() > cap);
+            assert!(TOMBSTONE & s.token_mask > cap);
         }
     }
 }
