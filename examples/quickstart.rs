@@ -27,7 +27,13 @@ fn main() -> Result<(), LimitError> {
         );
         wait = wait.max(d.retry_after());
     }
-    println!("\nwaiting {wait:.3?} for the next refill...\n");
+    // The default clock is coarse (it lags real time by up to ~1 ms, see `CoarseClock`), so
+    // wait one upkeep interval more than the exact wait it reported.
+    let wait = wait + tollgate::COARSE_UPKEEP_INTERVAL;
+    println!(
+        "\nwaiting {:.1} ms for the next refill...\n",
+        wait.as_secs_f64() * 1e3
+    );
     std::thread::sleep(wait);
     for i in 16..=18 {
         let d = bucket.check();

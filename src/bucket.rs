@@ -15,7 +15,12 @@ pub(crate) struct Cell(AtomicU64);
 impl Cell {
     /// A full bucket marked at step `k`.
     pub(crate) fn full(steps: &Steps, k: u64) -> Cell {
-        Cell(AtomicU64::new(steps.full(k)))
+        Cell::new(steps.full(k))
+    }
+
+    /// A bucket holding `word`.
+    pub(crate) fn new(word: u64) -> Cell {
+        Cell(AtomicU64::new(word))
     }
 
     /// Refill to the step of clock reading `now` and try to take `n <= C` tokens. `None` when
@@ -86,7 +91,7 @@ pub struct TokenBucket<C: Clock = DefaultClock> {
 }
 
 impl TokenBucket<DefaultClock> {
-    /// A full bucket on the default clock ([`MonotonicClock`](crate::MonotonicClock)).
+    /// A full bucket on the default clock ([`CoarseClock`](crate::CoarseClock)).
     pub fn new(limit: Limit) -> TokenBucket<DefaultClock> {
         TokenBucket::with_clock(limit, DefaultClock::new())
     }

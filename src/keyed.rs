@@ -13,11 +13,11 @@
 //!   entry. An acquire that meets a tombstone helps remove it and looks the key up again.
 //!   Because all buckets share one epoch, a full bucket and a fresh one decide identically:
 //!   eviction is invisible as long as the clock never steps back by more than `idle_ttl`.
-//! - Memory: every new-key attempt counts against its shard; once a shard has seen half its
-//!   size in new-key attempts, that attempt sweeps the shard. The work is amortized O(1) per new
-//!   key and never more than one shard (a `1/shards` slice of the map) at a time. At the key cap
-//!   a shard is swept after an eighth of its size in attempts, or when a quarter of `idle_ttl`
-//!   has passed since its last sweep, before the [`AtCapacity`] policy applies.
+//! - Memory: a new key that finds its shard at twice the size its last sweep left sweeps the
+//!   shard first. The work is amortized O(1) per new key and never more than one shard (a
+//!   `1/shards` slice of the map) at a time. At the key cap a shard is swept after an eighth of
+//!   its size in refused keys, or when a quarter of `idle_ttl` has passed since its last sweep,
+//!   before the [`AtCapacity`] policy applies.
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
@@ -60,12 +60,22 @@ pub enum AtCapacity {
 
 struct Shard<K> {
     map: ShardMap<K>,
-    /// Entries in this shard's map.
-    len: AtomicUsize,
-    /// New-key attempts since the last sweep.
+    /// The map's size at which a new key sweeps the shard: twice what the last sweep left.
+    next_sweep: AtomicUsize,
+    /// New-key attempts refused at the key cap since the last sweep.
     misses: AtomicUsize,
     /// Step of the last sweep.
     swept_at: AtomicU64,
+}
+
+/// What a first touch found.
+enum Touch<'p> {
+    /// This call inserted the key's bucket, already charged with its request.
+    Inserted(Decision),
+    /// The key was there (another thread inserted it).
+    Existing(&'p Cell),
+    /// No room: the key cap is reached.
+    Full,
 }
 
 /// One token bucket per key: per user, per API key, per client IP.
@@ -208,7 +218,7 @@ impl<K, S> KeyedLimiterBuilder<K, S> {
                 .map(|_| {
                     CachePadded::new(Shard {
                         map: ShardMap::with_capacity(per_shard),
-                        len: AtomicUsize::new(0),
+                        next_sweep: AtomicUsize::new(MIN_SWEEP_EVERY),
                         misses: AtomicUsize::new(0),
                         swept_at: AtomicU64::new(0),
                     })
@@ -309,9 +319,10 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         loop {
             let cell = match pinned.get(&probe) {
                 Some(cell) => cell,
-                None => match self.first_touch(shard, &pinned, &probe, now) {
-                    Some(cell) => cell,
-                    None => return Ok(self.at_capacity(n, now)),
+                None => match self.first_touch(shard, &pinned, &probe, n, now) {
+                    Touch::Inserted(d) => return Ok(d),
+                    Touch::Existing(cell) => cell,
+                    Touch::Full => return Ok(self.at_capacity(n, now)),
                 },
             };
             if let Some(d) = cell.acquire(&self.steps, n, now, self.epoch) {
@@ -319,21 +330,23 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
             }
             // A tombstone: the bucket is being evicted. Help remove it, then look again.
             if pinned.remove_tombstoned(&probe) {
-                self.removed(shard, 1);
+                self.removed(1);
             }
         }
     }
 
-    /// A miss: maybe sweep the shard, then insert a full bucket marked at the step of `now`.
-    /// `None` when the key cap leaves no room.
+    /// A miss: maybe sweep the shard, then insert the key's bucket: a full bucket marked at the
+    /// step of `now`, already charged with this call's `n` tokens (inserting it publishes the
+    /// acquisition, so no CAS follows).
     #[cold]
     fn first_touch<'p, Q>(
         &self,
         shard: &Shard<K>,
         pinned: &'p Pinned<'_, K>,
         probe: &Probe<'_, Q>,
+        n: u64,
         now: u64,
-    ) -> Option<&'p Cell>
+    ) -> Touch<'p>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
@@ -341,42 +354,59 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         let k = self.step_now(now);
         // Relaxed (all counters here): they pace sweeps and bound the key count; they publish
         // no memory, and the count's bound is kept by the read-modify-writes themselves.
-        let misses = shard.misses.fetch_add(1, Ordering::Relaxed) + 1;
-        let len = shard.len.load(Ordering::Relaxed);
-        let at_cap = self.keys.load(Ordering::Relaxed) >= self.max_keys;
-        let every = if at_cap { len / 8 } else { len / 2 }.max(MIN_SWEEP_EVERY);
-        // At the cap, also sweep when time has moved on since the last sweep (by a quarter
-        // of the idle time: buckets may have become evictable), so room is found promptly.
-        let stale = at_cap
-            && k >= (shard.swept_at.load(Ordering::Relaxed))
-                .saturating_add(self.idle_steps / 4 + 1);
-        if misses >= every || stale {
-            shard.misses.store(0, Ordering::Relaxed);
+        let len = pinned.len();
+        if len >= shard.next_sweep.load(Ordering::Relaxed) {
             self.sweep(shard, pinned, k);
         }
-        if self.keys.fetch_add(1, Ordering::Relaxed) >= self.max_keys {
-            self.keys.fetch_sub(1, Ordering::Relaxed);
+        let capped = self.max_keys != usize::MAX;
+        if capped && !self.reserve(shard, pinned, k) {
             // The key may have been inserted meanwhile by another thread.
-            return pinned.get(probe);
+            return pinned.get(probe).map_or(Touch::Full, Touch::Existing);
         }
+        let fresh = self.steps.full(k);
+        let out = state::step(&self.steps, fresh, k, n);
         let key = Hashed {
             hash: probe.hash,
             key: probe.key.to_owned(),
         };
-        match pinned.try_insert_with(key, || Cell::full(&self.steps, k)) {
-            Ok(cell) => {
-                let len = shard.len.fetch_add(1, Ordering::Relaxed) + 1;
-                if len % FLUSH_EVERY == 0 {
+        match pinned.try_insert_with(key, || Cell::new(out.write.unwrap_or(fresh))) {
+            Ok(_) => {
+                if (len + 1) % FLUSH_EVERY == 0 {
                     // Growing: let old tables from finished resizes be freed promptly.
                     pinned.flush();
                 }
-                Some(cell)
+                Touch::Inserted(Decision::new(&self.steps, &out, n, now, self.epoch))
             }
             Err(cell) => {
-                self.keys.fetch_sub(1, Ordering::Relaxed);
-                Some(cell)
+                if capped {
+                    self.keys.fetch_sub(1, Ordering::Relaxed);
+                }
+                Touch::Existing(cell)
             }
         }
+    }
+
+    /// Reserves room for one more key under the cap. At the cap the key's shard is swept first
+    /// when an eighth of its size in refused keys, or a quarter of `idle_ttl`, has gone by since
+    /// its last sweep (amortized O(1) per attempt under a flood).
+    fn reserve(&self, shard: &Shard<K>, pinned: &Pinned<'_, K>, k: u64) -> bool {
+        for attempt in 0..2 {
+            if self.keys.fetch_add(1, Ordering::Relaxed) < self.max_keys {
+                return true;
+            }
+            self.keys.fetch_sub(1, Ordering::Relaxed);
+            if attempt == 1 {
+                break;
+            }
+            let misses = shard.misses.fetch_add(1, Ordering::Relaxed) + 1;
+            let every = (pinned.len() / 8).max(MIN_SWEEP_EVERY);
+            let since = shard.swept_at.load(Ordering::Relaxed);
+            if misses < every && k < since.saturating_add(self.idle_steps / 4 + 1) {
+                break;
+            }
+            self.sweep(shard, pinned, k);
+        }
+        false
     }
 
     /// The step of clock reading `now`.
@@ -407,16 +437,20 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
             let word = cell.load();
             steps.is_evictable(word, k, idle) && cell.tombstone(word)
         });
-        self.removed(shard, removed);
+        self.removed(removed);
         // Relaxed: pacing only.
+        let left = pinned.len();
+        shard
+            .next_sweep
+            .store((2 * left).max(left + MIN_SWEEP_EVERY), Ordering::Relaxed);
+        shard.misses.store(0, Ordering::Relaxed);
         shard.swept_at.fetch_max(k, Ordering::Relaxed);
         removed
     }
 
-    fn removed(&self, shard: &Shard<K>, n: usize) {
-        if n > 0 {
-            // Relaxed: counters, as in `first_touch`.
-            shard.len.fetch_sub(n, Ordering::Relaxed);
+    fn removed(&self, n: usize) {
+        if n > 0 && self.max_keys != usize::MAX {
+            // Relaxed: a count, as in `first_touch`.
             self.keys.fetch_sub(n, Ordering::Relaxed);
         }
     }
@@ -444,17 +478,13 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         let k = self.step_now(self.clock.now());
         self.shards
             .iter()
-            .map(|shard| {
-                shard.misses.store(0, Ordering::Relaxed);
-                self.sweep(shard, &shard.map.pin(), k)
-            })
+            .map(|shard| self.sweep(shard, &shard.map.pin(), k))
             .sum()
     }
 
     /// The number of keys held (buckets in the maps).
     pub fn len(&self) -> usize {
-        // Relaxed: a count, as in `first_touch`.
-        self.keys.load(Ordering::Relaxed)
+        self.shards.iter().map(|s| s.map.pin().len()).sum()
     }
 
     /// Whether no key is held.
@@ -545,11 +575,14 @@ impl Drop for Evictor {
     }
 }
 
-impl<K, S> std::fmt::Debug for KeyedLimiter<K, S> {
+impl<K: Hash + Eq, S> std::fmt::Debug for KeyedLimiter<K, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyedLimiter")
             .field("limit", &self.limit)
-            .field("keys", &self.keys.load(Ordering::Relaxed))
+            .field(
+                "keys",
+                &self.shards.iter().map(|s| s.map.pin().len()).sum::<usize>(),
+            )
             .field("shards", &self.shards.len())
             .field("idle_ttl", &self.idle_ttl)
             .field("clock", &self.clock)

@@ -161,6 +161,12 @@ mod papaya_map {
             )
         }
 
+        /// Entries in the map.
+        #[inline]
+        pub(crate) fn len(&self) -> usize {
+            self.map.len()
+        }
+
         /// Hands this thread's retired memory (old tables after a resize, removed entries) to
         /// the collector now instead of when a batch fills.
         pub(crate) fn flush(&self) {
@@ -256,6 +262,10 @@ mod loom_map {
         }
 
         pub(crate) fn flush(&self) {}
+
+        pub(crate) fn len(&self) -> usize {
+            self.map.entries.lock().unwrap().len()
+        }
 
         pub(crate) fn sweep(&self, mut kill: impl FnMut(&Cell) -> bool) -> usize {
             // Snapshot, then tombstone and remove one entry at a time, as papaya's iteration
