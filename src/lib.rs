@@ -40,6 +40,8 @@
 mod bucket;
 mod clock;
 mod decision;
+#[cfg(feature = "http")]
+pub mod http;
 mod keyed;
 mod limit;
 mod map;

@@ -1,0 +1,75 @@
+//! The one interface the HTTP layer calls: a backend that decides for a key.
+
+use std::convert::Infallible;
+use std::future::{ready, Future, Ready};
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use crate::http::Key;
+use crate::{Decision, InsufficientCapacity, KeyedLimiter, Limit};
+
+/// What a backend answers: a decision, or `InsufficientCapacity` when the cost can never be
+/// granted.
+pub type Verdict = Result<Decision, InsufficientCapacity>;
+
+/// Where the HTTP layer gets its decisions: the in-memory [`KeyedLimiter`] (answers at once,
+/// no allocation) or a distributed backend (asynchronous).
+///
+/// ```
+/// use tollgate::http::{Backend, Key};
+/// use tollgate::{KeyedLimiter, Limit};
+///
+/// let limiter: KeyedLimiter<Key> = KeyedLimiter::new(Limit::per_second(1)?);
+/// let verdict = futures_lite_block_on(limiter.acquire(&Key::Global, 1)).unwrap();
+/// assert!(verdict.unwrap().is_allowed());
+/// # fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     let waker = std::task::Waker::noop();
+/// #     let mut cx = std::task::Context::from_waker(&waker);
+/// #     let mut f = std::pin::pin!(f);
+/// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+/// # }
+/// # Ok::<(), tollgate::LimitError>(())
+/// ```
+pub trait Backend: Send + Sync + 'static {
+    /// A failure to decide (e.g. the store is unreachable).
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// The pending decision.
+    type Future: Future<Output = Result<Verdict, Self::Error>> + Send + 'static;
+
+    /// Takes `cost` tokens from `key`'s bucket if they are there (`cost == 0`: a peek).
+    fn acquire(&self, key: &Key, cost: u64) -> Self::Future;
+
+    /// The limit every key gets (for `RateLimit-Policy`).
+    fn limit(&self) -> &Limit;
+}
+
+impl<S> Backend for KeyedLimiter<Key, S>
+where
+    S: BuildHasher + Send + Sync + 'static,
+{
+    type Error = Infallible;
+    type Future = Ready<Result<Verdict, Infallible>>;
+
+    #[inline]
+    fn acquire(&self, key: &Key, cost: u64) -> Self::Future {
+        ready(Ok(self.try_acquire_key(key, cost)))
+    }
+
+    fn limit(&self) -> &Limit {
+        KeyedLimiter::limit(self)
+    }
+}
+
+impl<B: Backend + ?Sized> Backend for Arc<B> {
+    type Error = B::Error;
+    type Future = B::Future;
+
+    #[inline]
+    fn acquire(&self, key: &Key, cost: u64) -> Self::Future {
+        (**self).acquire(key, cost)
+    }
+
+    fn limit(&self) -> &Limit {
+        (**self).limit()
+    }
+}

@@ -1,0 +1,202 @@
+//! The response headers of SPEC §5: `RateLimit-Policy`, `RateLimit` (IETF
+//! draft-ietf-httpapi-ratelimit-headers-10, Structured Fields per RFC 9651), the legacy
+//! `X-RateLimit-*` trio, `Retry-After`, and the RFC 9457 problem body.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, StatusCode};
+
+use crate::{Decision, Limit};
+
+/// Which rate-limit headers a response carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HeaderStyle {
+    /// `RateLimit` and `RateLimit-Policy` (IETF draft 10). The default.
+    #[default]
+    Ietf,
+    /// The IETF headers and the legacy `X-RateLimit-Limit`, `X-RateLimit-Remaining`,
+    /// `X-RateLimit-Reset` (delta seconds).
+    IetfAndLegacy,
+    /// No rate-limit headers (denials still carry `Retry-After`).
+    None,
+}
+
+/// A policy name that cannot be written as a Structured Fields string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyNameError {
+    /// The rejected name.
+    pub name: String,
+}
+
+impl std::fmt::Display for PolicyNameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "invalid policy name {:?}: a Structured Fields string holds printable ASCII only \
+             (0x20..=0x7E)",
+            self.name
+        )
+    }
+}
+
+impl std::error::Error for PolicyNameError {}
+
+pub(crate) const X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+pub(crate) const X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+pub(crate) const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub(crate) const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// Whole seconds, rounded up.
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// The policy name as a Structured Fields string: `"name"`, with `\` and `"` escaped.
+pub(crate) fn sf_string(name: &str) -> Result<String, PolicyNameError> {
+    if !name.bytes().all(|b| (0x20..=0x7E).contains(&b)) {
+        return Err(PolicyNameError {
+            name: name.to_string(),
+        });
+    }
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    Ok(out)
+}
+
+/// Everything about the headers that does not change per request.
+#[derive(Clone, Debug)]
+pub(crate) struct Headers {
+    style: HeaderStyle,
+    /// The policy name as an sf-string.
+    name: String,
+    /// `RateLimit-Policy`, rendered once.
+    policy: HeaderValue,
+    /// `X-RateLimit-Limit`, rendered once.
+    limit: HeaderValue,
+}
+
+impl Headers {
+    pub(crate) fn new(
+        style: HeaderStyle,
+        name: &str,
+        limit: &Limit,
+    ) -> Result<Headers, PolicyNameError> {
+        let name = sf_string(name)?;
+        // w: seconds to refill from empty, at least 1.
+        let w = ceil_secs(limit.time_to_fill()).max(1);
+        let policy = format!("{name};q={};w={w}", limit.capacity());
+        Ok(Headers {
+            style,
+            policy: HeaderValue::try_from(policy).expect("ASCII by construction"),
+            limit: HeaderValue::from(limit.capacity()),
+            name,
+        })
+    }
+
+    /// Adds the rate-limit headers for `decision` to `headers`.
+    pub(crate) fn apply(&self, decision: &Decision, headers: &mut HeaderMap) {
+        if self.style == HeaderStyle::None {
+            return;
+        }
+        let mut value = String::with_capacity(self.name.len() + 32);
+        let t = ceil_secs(decision.next_refill_after());
+        let _ = write!(value, "{};r={};t={t}", self.name, decision.remaining());
+        headers.insert(
+            RATELIMIT,
+            HeaderValue::try_from(value).expect("ASCII by construction"),
+        );
+        headers.insert(RATELIMIT_POLICY, self.policy.clone());
+        if self.style == HeaderStyle::IetfAndLegacy {
+            headers.insert(X_LIMIT, self.limit.clone());
+            headers.insert(X_REMAINING, HeaderValue::from(decision.remaining()));
+            headers.insert(
+                X_RESET,
+                HeaderValue::from(ceil_secs(decision.reset_after())),
+            );
+        }
+    }
+}
+
+/// `Retry-After` for a denial: whole seconds, rounded up, at least 1.
+pub(crate) fn retry_after(wait: Duration) -> HeaderValue {
+    HeaderValue::from(ceil_secs(wait).max(1))
+}
+
+/// An RFC 9457 problem body for `status` with a human `detail`.
+pub(crate) fn problem(status: StatusCode, detail: &str) -> (HeaderValue, bytes::Bytes) {
+    let title = status.canonical_reason().unwrap_or("Error");
+    let mut body = String::with_capacity(96 + detail.len());
+    let _ = write!(
+        body,
+        "{{\"type\":\"about:blank\",\"title\":\"{title}\",\"status\":{},\"detail\":\"",
+        status.as_u16()
+    );
+    for c in detail.chars() {
+        match c {
+            '"' => body.push_str("\\\""),
+            '\\' => body.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(body, "\\u{:04x}", c as u32);
+            }
+            c => body.push(c),
+        }
+    }
+    body.push_str("\"}");
+    (
+        HeaderValue::from_static("application/problem+json"),
+        bytes::Bytes::from(body),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sf_strings_escape_and_reject() {
+        assert_eq!(sf_string("default").unwrap(), "\"default\"");
+        assert_eq!(sf_string("a\"b\\c").unwrap(), "\"a\\\"b\\\\c\"");
+        assert!(sf_string("caf\u{e9}").is_err());
+        assert!(sf_string("tab\t").is_err());
+    }
+
+    #[test]
+    fn t_is_zero_when_full_and_legacy_reset_counts_to_full() {
+        let limit = Limit::new(4, 1, Duration::from_millis(1500)).unwrap();
+        let bucket = crate::TokenBucket::with_clock(limit, crate::ManualClock::new());
+        let h = Headers::new(HeaderStyle::IetfAndLegacy, "p", &limit).unwrap();
+        let mut map = HeaderMap::new();
+        h.apply(&bucket.try_acquire(0).unwrap(), &mut map);
+        assert_eq!(map[RATELIMIT], "\"p\";r=4;t=0");
+        assert_eq!(map[RATELIMIT_POLICY], "\"p\";q=4;w=6");
+        assert_eq!(map[X_RESET], "0");
+        h.apply(&bucket.try_acquire(3).unwrap(), &mut map);
+        assert_eq!(map[RATELIMIT], "\"p\";r=1;t=2");
+        assert_eq!(map[X_REMAINING], "1");
+        assert_eq!(map[X_RESET], "5");
+        let mut none = HeaderMap::new();
+        Headers::new(HeaderStyle::None, "p", &limit)
+            .unwrap()
+            .apply(&bucket.check(), &mut none);
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn seconds_round_up() {
+        assert_eq!(ceil_secs(Duration::ZERO), 0);
+        assert_eq!(ceil_secs(Duration::from_nanos(1)), 1);
+        assert_eq!(ceil_secs(Duration::from_secs(2)), 2);
+        assert_eq!(ceil_secs(Duration::from_millis(2001)), 3);
+        assert_eq!(retry_after(Duration::ZERO), HeaderValue::from(1u64));
+    }
+}

@@ -1,0 +1,509 @@
+//! Who a request counts against: keys and the extractors that find them.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use http::{Extensions, HeaderMap, Method, Uri};
+
+/// The key a request is limited by.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Key {
+    /// One bucket for all requests.
+    Global,
+    /// A client address (IPv6 possibly grouped by prefix).
+    Ip(IpAddr),
+    /// A header's value (an API key), shared with the request (no copy).
+    Header(HeaderValue),
+    /// Bytes (a bearer token, or a key a closure built).
+    Bytes(Bytes),
+    /// Text a closure built (a user id).
+    Text(String),
+}
+
+/// The parts of a request an extractor, a cost function or an exemption can look at.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct RequestInfo<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The URI (path and query).
+    pub uri: &'a Uri,
+    /// The headers.
+    pub headers: &'a HeaderMap,
+    /// The extensions (connection info lives here).
+    pub extensions: &'a Extensions,
+    /// The body's exact size when known (from the body's size hint, e.g. `Content-Length`).
+    pub body_size: Option<u64>,
+}
+
+impl<'a> RequestInfo<'a> {
+    /// The view of a request.
+    ///
+    /// ```
+    /// use tollgate::http::RequestInfo;
+    /// let req = http::Request::post("/upload").body("12345").unwrap();
+    /// let info = RequestInfo::new(&req, Some(5));
+    /// assert_eq!(info.uri.path(), "/upload");
+    /// assert_eq!(info.body_size, Some(5));
+    /// ```
+    pub fn new<B>(req: &'a http::Request<B>, body_size: Option<u64>) -> RequestInfo<'a> {
+        RequestInfo {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+            extensions: req.extensions(),
+            body_size,
+        }
+    }
+
+    /// The connection's peer address: a [`PeerAddr`] extension, or (feature `axum`) axum's
+    /// `ConnectInfo<SocketAddr>`.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        if let Some(PeerAddr(addr)) = self.extensions.get::<PeerAddr>() {
+            return Some(*addr);
+        }
+        #[cfg(feature = "axum")]
+        if let Some(info) = self
+            .extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        {
+            return Some(info.0);
+        }
+        None
+    }
+}
+
+/// The peer address of a connection, as a request extension. Insert it in a bare hyper server
+/// (`req.extensions_mut().insert(PeerAddr(remote))`); axum's `ConnectInfo<SocketAddr>` is read
+/// too with the `axum` feature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// A malformed CIDR for [`TrustedProxies`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CidrError {
+    /// The rejected text.
+    pub cidr: String,
+}
+
+impl fmt::Display for CidrError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid CIDR {:?}: expected an address, or address/prefix (e.g. 10.0.0.0/8, \
+             fd00::/8)",
+            self.cidr
+        )
+    }
+}
+
+impl std::error::Error for CidrError {}
+
+/// The proxies whose forwarding headers are believed.
+///
+/// ```
+/// use tollgate::http::TrustedProxies;
+/// let trusted = TrustedProxies::from_cidrs(["10.0.0.0/8", "::1"])?;
+/// assert!(trusted.contains("10.1.2.3".parse().unwrap()));
+/// assert!(!trusted.contains("192.0.2.1".parse().unwrap()));
+/// # Ok::<(), tollgate::http::CidrError>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustedProxies {
+    nets: Vec<(IpAddr, u8)>,
+}
+
+impl TrustedProxies {
+    /// Trusts the given networks (`addr/prefix`, or a bare address).
+    ///
+    /// # Errors
+    /// [`CidrError`] naming the first entry that does not parse.
+    pub fn from_cidrs<I, T>(cidrs: I) -> Result<TrustedProxies, CidrError>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        let mut nets = Vec::new();
+        for cidr in cidrs {
+            let text = cidr.as_ref();
+            let bad = || CidrError {
+                cidr: text.to_string(),
+            };
+            let (addr, prefix) = match text.split_once('/') {
+                Some((a, p)) => (a, Some(p)),
+                None => (text, None),
+            };
+            let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            let prefix = match prefix {
+                Some(p) => p.trim().parse::<u8>().map_err(|_| bad())?,
+                None => max,
+            };
+            if prefix > max {
+                return Err(bad());
+            }
+            nets.push((mask(addr, prefix), prefix));
+        }
+        Ok(TrustedProxies { nets })
+    }
+
+    /// Whether `addr` is a trusted proxy.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let addr = canonical(addr);
+        self.nets
+            .iter()
+            .any(|&(net, prefix)| net.is_ipv4() == addr.is_ipv4() && mask(addr, prefix) == net)
+    }
+}
+
+/// IPv4-mapped IPv6 addresses as IPv4.
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// `addr` with all but its first `prefix` bits cleared.
+fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(v4) => {
+            let bits = u32::from(v4);
+            let m = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4((bits & m).into())
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let m = u128::MAX
+                .checked_shl(128 - u32::from(prefix.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(bits & m))
+        }
+    }
+}
+
+/// At most this many forwarding hops are examined (a bound on work for huge headers).
+const MAX_HOPS: usize = 32;
+
+type KeyFn = dyn Fn(&RequestInfo<'_>) -> Option<Key> + Send + Sync;
+
+#[derive(Clone)]
+enum Kind {
+    Global,
+    Peer,
+    Client(Arc<TrustedProxies>),
+    Header(HeaderName),
+    Bearer,
+    Fn(Arc<KeyFn>),
+}
+
+/// Finds a request's [`Key`]. `None` means the key is missing (see
+/// [`MissingKey`](crate::http::MissingKey)).
+///
+/// ```
+/// use tollgate::http::{Key, KeyExtractor, RequestInfo};
+/// let req = http::Request::get("/").header("x-api-key", "k-123").body(()).unwrap();
+/// let key = KeyExtractor::api_key().extract(&RequestInfo::new(&req, None));
+/// assert_eq!(key, Some(Key::Header("k-123".parse().unwrap())));
+/// ```
+#[derive(Clone)]
+pub struct KeyExtractor {
+    kind: Kind,
+    v6_prefix: u8,
+}
+
+impl fmt::Debug for KeyExtractor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Global => "global".to_string(),
+            Kind::Peer => "peer ip".to_string(),
+            Kind::Client(t) => format!("client ip behind {t:?}"),
+            Kind::Header(h) => format!("header {h}"),
+            Kind::Bearer => "bearer token".to_string(),
+            Kind::Fn(_) => "closure".to_string(),
+        };
+        f.debug_struct("KeyExtractor")
+            .field("kind", &kind)
+            .field("v6_prefix", &self.v6_prefix)
+            .finish()
+    }
+}
+
+impl KeyExtractor {
+    fn of(kind: Kind) -> KeyExtractor {
+        KeyExtractor {
+            kind,
+            v6_prefix: 128,
+        }
+    }
+
+    /// One key for every request: a global limit.
+    pub fn global() -> KeyExtractor {
+        KeyExtractor::of(Kind::Global)
+    }
+
+    /// The connection's peer IP ([`RequestInfo::peer_addr`]).
+    pub fn peer_ip() -> KeyExtractor {
+        KeyExtractor::of(Kind::Peer)
+    }
+
+    /// The client IP behind trusted proxies. When the peer is a trusted proxy, the forwarding
+    /// header (`Forwarded`'s `for=`, else `X-Forwarded-For`) is walked from the right, skipping
+    /// trusted proxies; the first untrusted address is the client. The leftmost values, which a
+    /// client can forge, are never believed over a trusted proxy's report. A peer that is not
+    /// trusted is the client, whatever its headers say. An unparsable hop stops the walk at the
+    /// trusted proxy that reported it.
+    pub fn client_ip(trusted: TrustedProxies) -> KeyExtractor {
+        KeyExtractor::of(Kind::Client(Arc::new(trusted)))
+    }
+
+    /// Group IPv6 clients by their first `prefix` bits (64: one bucket per /64, what one
+    /// customer usually holds). Default: 128 (each address alone). IPv4 is unaffected.
+    pub fn ipv6_prefix(mut self, prefix: u8) -> KeyExtractor {
+        self.v6_prefix = prefix.min(128);
+        self
+    }
+
+    /// A header's value, e.g. `x-api-key`. Missing or empty: no key.
+    pub fn header(name: HeaderName) -> KeyExtractor {
+        KeyExtractor::of(Kind::Header(name))
+    }
+
+    /// The `x-api-key` header.
+    pub fn api_key() -> KeyExtractor {
+        KeyExtractor::header(HeaderName::from_static("x-api-key"))
+    }
+
+    /// The token of `Authorization: Bearer <token>`.
+    pub fn bearer() -> KeyExtractor {
+        KeyExtractor::of(Kind::Bearer)
+    }
+
+    /// Any closure.
+    ///
+    /// ```
+    /// use tollgate::http::{Key, KeyExtractor};
+    /// // One bucket per tenant, from the path: /t/<tenant>/...
+    /// let by_tenant = KeyExtractor::from_fn(|req| {
+    ///     let tenant = req.uri.path().strip_prefix("/t/")?.split('/').next()?;
+    ///     Some(Key::Text(tenant.to_string()))
+    /// });
+    /// # let _ = by_tenant;
+    /// ```
+    pub fn from_fn<F>(f: F) -> KeyExtractor
+    where
+        F: Fn(&RequestInfo<'_>) -> Option<Key> + Send + Sync + 'static,
+    {
+        KeyExtractor::of(Kind::Fn(Arc::new(f)))
+    }
+
+    /// The key of `req`, or `None` when it has none.
+    pub fn extract(&self, req: &RequestInfo<'_>) -> Option<Key> {
+        match &self.kind {
+            Kind::Global => Some(Key::Global),
+            Kind::Peer => Some(self.ip_key(req.peer_addr()?.ip())),
+            Kind::Client(trusted) => Some(self.ip_key(client_ip(req, trusted)?)),
+            Kind::Header(name) => {
+                let value = req.headers.get(name)?;
+                (!value.is_empty()).then(|| Key::Header(value.clone()))
+            }
+            Kind::Bearer => {
+                let value = req.headers.get(AUTHORIZATION)?.as_bytes();
+                let (scheme, token) = split_scheme(value)?;
+                if !scheme.eq_ignore_ascii_case(b"bearer") || token.is_empty() {
+                    return None;
+                }
+                Some(Key::Bytes(Bytes::copy_from_slice(token)))
+            }
+            Kind::Fn(f) => f(req),
+        }
+    }
+
+    fn ip_key(&self, ip: IpAddr) -> Key {
+        match canonical(ip) {
+            IpAddr::V6(v6) if self.v6_prefix < 128 => Key::Ip(mask(IpAddr::V6(v6), self.v6_prefix)),
+            ip => Key::Ip(ip),
+        }
+    }
+}
+
+/// `scheme SP+ token`, trimmed.
+fn split_scheme(value: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = value.iter().position(|&b| b == b' ')?;
+    let (scheme, rest) = value.split_at(at);
+    let token = rest.trim_ascii();
+    Some((scheme, token))
+}
+
+/// The client address behind trusted proxies (see [`KeyExtractor::client_ip`]).
+fn client_ip(req: &RequestInfo<'_>, trusted: &TrustedProxies) -> Option<IpAddr> {
+    let mut current = canonical(req.peer_addr()?.ip());
+    if !trusted.contains(current) {
+        return Some(current);
+    }
+    let forwarded = req.headers.get_all(http::header::FORWARDED);
+    let hops: Vec<&[u8]> = if forwarded.iter().next().is_some() {
+        forwarded
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .collect()
+    } else {
+        req.headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .collect()
+    };
+    let using_forwarded = forwarded.iter().next().is_some();
+    for hop in hops.iter().rev().take(MAX_HOPS) {
+        let parsed = if using_forwarded {
+            forwarded_for(hop).and_then(parse_hop)
+        } else {
+            parse_hop(hop)
+        };
+        let Some(ip) = parsed else {
+            // Garbage reported by a trusted proxy's client side: stop at that proxy.
+            return Some(current);
+        };
+        let ip = canonical(ip);
+        if !trusted.contains(ip) {
+            return Some(ip);
+        }
+        current = ip;
+    }
+    Some(current)
+}
+
+/// The `for=` value of one `Forwarded` element (`for=192.0.2.1;proto=https`).
+fn forwarded_for(element: &[u8]) -> Option<&[u8]> {
+    element.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let (name, value) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
+        name.eq_ignore_ascii_case(b"for").then(|| &value[1..])
+    })
+}
+
+/// One hop: `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`, `[2001:db8::1]:80`, optionally quoted.
+fn parse_hop(hop: &[u8]) -> Option<IpAddr> {
+    let hop = std::str::from_utf8(hop).ok()?.trim();
+    let hop = hop
+        .strip_prefix('"')
+        .and_then(|h| h.strip_suffix('"'))
+        .unwrap_or(hop);
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sock) = hop.parse::<SocketAddr>() {
+        return Some(sock.ip());
+    }
+    // `[v6]` without a port.
+    hop.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req_from(peer: &str, headers: &[(&str, &[u8])]) -> http::Request<()> {
+        let mut req = http::Request::new(());
+        req.extensions_mut()
+            .insert(PeerAddr(format!("{peer}:5000").parse().unwrap()));
+        for (name, value) in headers {
+            req.headers_mut().append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        req
+    }
+
+    fn client(peer: &str, headers: &[(&str, &[u8])]) -> Option<Key> {
+        let trusted = TrustedProxies::from_cidrs(["10.0.0.0/8"]).unwrap();
+        let req = req_from(peer, headers);
+        KeyExtractor::client_ip(trusted).extract(&RequestInfo::new(&req, None))
+    }
+
+    fn ip(s: &str) -> Option<Key> {
+        Some(Key::Ip(s.parse().unwrap()))
+    }
+
+    #[test]
+    fn forged_forwarding_from_untrusted_peer_is_ignored() {
+        assert_eq!(
+            client("198.51.100.7", &[("x-forwarded-for", b"1.1.1.1")]),
+            ip("198.51.100.7")
+        );
+    }
+
+    #[test]
+    fn walks_from_the_right_skipping_trusted_proxies() {
+        let h: &[(&str, &[u8])] = &[("x-forwarded-for", b"6.6.6.6, 203.0.113.9, 10.0.0.2")];
+        assert_eq!(client("10.0.0.1", h), ip("203.0.113.9"));
+        let h: &[(&str, &[u8])] = &[(
+            "forwarded",
+            b"for=6.6.6.6, for=\"[2001:db8::1]:443\";proto=https",
+        )];
+        assert_eq!(client("10.0.0.1", h), ip("2001:db8::1"));
+        // Garbage right of the client stops at the proxy that reported it.
+        let h: &[(&str, &[u8])] = &[("x-forwarded-for", b"6.6.6.6, not-an-ip")];
+        assert_eq!(client("10.0.0.1", h), ip("10.0.0.1"));
+        // All trusted: the leftmost.
+        let h: &[(&str, &[u8])] = &[("x-forwarded-for", b"10.9.9.9, 10.0.0.2")];
+        assert_eq!(client("10.0.0.1", h), ip("10.9.9.9"));
+        // No header from a trusted peer: the peer.
+        assert_eq!(client("10.0.0.1", &[]), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn odd_bytes_never_panic() {
+        let huge = vec![b'1'; 100_000];
+        for value in [&b"\xff\xfe"[..], b",,,,", b"[", b"[::1", b"for=", &huge] {
+            let _ = client("10.0.0.1", &[("x-forwarded-for", value)]);
+            let _ = client("10.0.0.1", &[("forwarded", value)]);
+            let req = req_from(
+                "10.0.0.1",
+                &[("authorization", value), ("x-api-key", value)],
+            );
+            let info = RequestInfo::new(&req, None);
+            let _ = KeyExtractor::bearer().extract(&info);
+            let _ = KeyExtractor::api_key().extract(&info);
+        }
+    }
+
+    #[test]
+    fn ipv6_grouped_by_prefix() {
+        let req = req_from("[2001:db8:1:2:3:4:5:6]", &[]);
+        let key = KeyExtractor::peer_ip()
+            .ipv6_prefix(64)
+            .extract(&RequestInfo::new(&req, None));
+        assert_eq!(key, ip("2001:db8:1:2::"));
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let req = req_from("1.2.3.4", &[("authorization", b"Bearer  abc.def ")]);
+        let key = KeyExtractor::bearer().extract(&RequestInfo::new(&req, None));
+        assert_eq!(key, Some(Key::Bytes(Bytes::from_static(b"abc.def"))));
+        let req = req_from("1.2.3.4", &[("authorization", b"Basic abc")]);
+        assert_eq!(
+            KeyExtractor::bearer().extract(&RequestInfo::new(&req, None)),
+            None
+        );
+    }
+
+    #[test]
+    fn cidrs_parse_or_name_the_bad_one() {
+        assert!(TrustedProxies::from_cidrs(["10.0.0.0/33"]).is_err());
+        assert_eq!(
+            TrustedProxies::from_cidrs(["nope"]).unwrap_err().cidr,
+            "nope"
+        );
+        let t = TrustedProxies::from_cidrs(["::ffff:10.0.0.0/104", "10.0.0.0/8"]).unwrap();
+        assert!(t.contains("::ffff:10.1.1.1".parse().unwrap()));
+    }
+}

@@ -1,0 +1,483 @@
+//! HTTP rate limiting as a [tower] layer (feature `http`): for axum, hyper, tonic and anything
+//! else built on `tower::Service<http::Request<B>>` (SPEC §5).
+//!
+//! ```
+//! use tollgate::http::{Key, KeyExtractor, RateLimitLayer};
+//! use tollgate::{KeyedLimiter, Limit};
+//!
+//! // Per API key: capacity 10, 2 tokens back every second.
+//! let limiter: KeyedLimiter<Key> = KeyedLimiter::new(Limit::new(10, 2, std::time::Duration::from_secs(1))?);
+//! let layer = RateLimitLayer::builder(limiter)
+//!     .key(KeyExtractor::api_key())
+//!     .exempt(|req| req.uri.path() == "/health")
+//!     .build()
+//!     .expect("valid policy name");
+//! // let app = axum::Router::new().route(..).layer(layer);
+//! # let _ = layer;
+//! # Ok::<(), tollgate::LimitError>(())
+//! ```
+//!
+//! For each request that is not exempt, the layer finds its key (missing: [`MissingKey`]), asks
+//! the [`Backend`] for `cost` tokens, and then:
+//! - allowed: calls the inner service and adds `RateLimit` and `RateLimit-Policy` (and the legacy
+//!   `X-RateLimit-*` with [`HeaderStyle::IetfAndLegacy`]) to its response;
+//! - denied: answers `429 Too Many Requests` itself, with the same headers, `Retry-After` (whole
+//!   seconds, rounded up, at least 1) and an `application/problem+json` body; the inner service
+//!   is not called. A cost above the capacity is denied the same way (it can never succeed);
+//! - backend failure: [`OnBackendError`]: fail open (the request passes; a `tracing` warning) or
+//!   fail closed (`503`).
+//!
+//! [tower]: https://docs.rs/tower
+
+mod backend;
+mod body;
+mod headers;
+mod key;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+pub use backend::{Backend, Verdict};
+pub use body::ResponseBody;
+pub use headers::{HeaderStyle, PolicyNameError};
+pub use key::{CidrError, Key, KeyExtractor, PeerAddr, RequestInfo, TrustedProxies};
+
+use headers::Headers;
+
+use crate::Decision;
+
+/// What to do with a request whose key is missing or unreadable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MissingKey {
+    /// Answer with this status (and a problem body); the inner service is not called.
+    Reject(StatusCode),
+    /// Count the request against this shared key.
+    Fallback(Key),
+}
+
+impl Default for MissingKey {
+    /// `Reject(401 Unauthorized)`: a request without the key the limit is keyed on (an API key,
+    /// a token) is refused.
+    fn default() -> Self {
+        MissingKey::Reject(StatusCode::UNAUTHORIZED)
+    }
+}
+
+/// What to do when the backend cannot decide (e.g. Redis is down).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnBackendError {
+    /// Let the request through without rate-limit headers, and log a `tracing` warning.
+    #[default]
+    FailOpen,
+    /// Answer `503 Service Unavailable` (and a problem body).
+    FailClosed,
+}
+
+type InfoFn<T> = dyn Fn(&RequestInfo<'_>) -> T + Send + Sync;
+
+struct Config<B> {
+    backend: B,
+    key: KeyExtractor,
+    cost: Option<Arc<InfoFn<u64>>>,
+    exempt: Option<Arc<InfoFn<bool>>>,
+    missing: MissingKey,
+    on_error: OnBackendError,
+    headers: Headers,
+}
+
+/// Builds a [`RateLimitLayer`]. From [`RateLimitLayer::builder`].
+pub struct RateLimitLayerBuilder<B> {
+    backend: B,
+    key: KeyExtractor,
+    cost: Option<Arc<InfoFn<u64>>>,
+    exempt: Option<Arc<InfoFn<bool>>>,
+    missing: MissingKey,
+    on_error: OnBackendError,
+    policy: String,
+    style: HeaderStyle,
+}
+
+impl<B: Backend> RateLimitLayerBuilder<B> {
+    /// How to find a request's key. Default: [`KeyExtractor::global`].
+    pub fn key(mut self, key: KeyExtractor) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// Tokens a request costs. Default: 1.
+    ///
+    /// ```
+    /// # use tollgate::{KeyedLimiter, Limit, http::{Key, RateLimitLayer}};
+    /// # let limiter: KeyedLimiter<Key> = KeyedLimiter::new(Limit::per_second(100)?);
+    /// // Writes cost 5, reads 1.
+    /// let layer = RateLimitLayer::builder(limiter)
+    ///     .cost(|req| if req.method == http::Method::GET { 1 } else { 5 })
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn cost(mut self, f: impl Fn(&RequestInfo<'_>) -> u64 + Send + Sync + 'static) -> Self {
+        self.cost = Some(Arc::new(f));
+        self
+    }
+
+    /// Requests for which this returns true skip the limiter entirely (health checks).
+    pub fn exempt(mut self, f: impl Fn(&RequestInfo<'_>) -> bool + Send + Sync + 'static) -> Self {
+        self.exempt = Some(Arc::new(f));
+        self
+    }
+
+    /// The answer to a request without a key. Default: [`MissingKey::Reject`] with 401.
+    pub fn missing_key(mut self, missing: MissingKey) -> Self {
+        self.missing = missing;
+        self
+    }
+
+    /// The answer when the backend fails. Default: [`OnBackendError::FailOpen`].
+    pub fn on_backend_error(mut self, on_error: OnBackendError) -> Self {
+        self.on_error = on_error;
+        self
+    }
+
+    /// The policy name in the headers. Default: `default`.
+    pub fn policy_name(mut self, name: impl Into<String>) -> Self {
+        self.policy = name.into();
+        self
+    }
+
+    /// Which headers responses carry. Default: [`HeaderStyle::Ietf`].
+    pub fn headers(mut self, style: HeaderStyle) -> Self {
+        self.style = style;
+        self
+    }
+
+    /// Builds the layer.
+    ///
+    /// # Errors
+    /// [`PolicyNameError`] when the policy name is not printable ASCII.
+    pub fn build(self) -> Result<RateLimitLayer<B>, PolicyNameError> {
+        let headers = Headers::new(self.style, &self.policy, self.backend.limit())?;
+        Ok(RateLimitLayer {
+            config: Arc::new(Config {
+                backend: self.backend,
+                key: self.key,
+                cost: self.cost,
+                exempt: self.exempt,
+                missing: self.missing,
+                on_error: self.on_error,
+                headers,
+            }),
+        })
+    }
+}
+
+/// The tower layer. Clone it freely (it shares one backend).
+pub struct RateLimitLayer<B> {
+    config: Arc<Config<B>>,
+}
+
+impl<B> Clone for RateLimitLayer<B> {
+    fn clone(&self) -> Self {
+        RateLimitLayer {
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<B: Backend> RateLimitLayer<B> {
+    /// A builder over `backend` (a [`KeyedLimiter<Key>`](crate::KeyedLimiter), an `Arc` of one,
+    /// or another [`Backend`]).
+    pub fn builder(backend: B) -> RateLimitLayerBuilder<B> {
+        RateLimitLayerBuilder {
+            backend,
+            key: KeyExtractor::global(),
+            cost: None,
+            exempt: None,
+            missing: MissingKey::default(),
+            on_error: OnBackendError::default(),
+            policy: "default".to_string(),
+            style: HeaderStyle::default(),
+        }
+    }
+}
+
+impl<S, B> Layer<S> for RateLimitLayer<B> {
+    type Service = RateLimit<S, B>;
+
+    fn layer(&self, inner: S) -> RateLimit<S, B> {
+        RateLimit {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The rate-limiting service (see the [module docs](self)).
+pub struct RateLimit<S, B> {
+    inner: S,
+    config: Arc<Config<B>>,
+}
+
+impl<S: Clone, B> Clone for RateLimit<S, B> {
+    fn clone(&self) -> Self {
+        RateLimit {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<S, B, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, B>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    B: Backend,
+    ReqBody: Body,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, B, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let config = &self.config;
+        let info = RequestInfo::new(&req, req.body().size_hint().exact());
+        if config.exempt.as_ref().is_some_and(|f| f(&info)) {
+            return ResponseFuture::passthrough(self.inner.call(req));
+        }
+        let key = match config.key.extract(&info) {
+            Some(key) => key,
+            None => match &config.missing {
+                MissingKey::Reject(status) => {
+                    return ResponseFuture::done(problem_response(
+                        *status,
+                        "the request carries no usable rate-limit key",
+                    ))
+                }
+                MissingKey::Fallback(key) => key.clone(),
+            },
+        };
+        let cost = config.cost.as_ref().map_or(1, |f| f(&info));
+        let check = config.backend.acquire(&key, cost);
+        // Take the service that was polled ready; leave a clone in its place.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture {
+            state: State::Checking {
+                check,
+                req: Some(req),
+                inner: Some(inner),
+                key: Some(key),
+            },
+            config: Some(self.config.clone()),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`RateLimit`].
+    pub struct ResponseFuture<S, B, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+        B: Backend,
+    {
+        #[pin]
+        state: State<S, B, ReqBody>,
+        config: Option<Arc<Config<B>>>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+        B: Backend,
+    {
+        Checking {
+            #[pin]
+            check: B::Future,
+            req: Option<Request<ReqBody>>,
+            inner: Option<S>,
+            key: Option<Key>,
+        },
+        // A cost above capacity: peek for the headers, then deny.
+        Peeking {
+            #[pin]
+            check: B::Future,
+        },
+        Calling {
+            #[pin]
+            call: S::Future,
+            decision: Option<Decision>,
+        },
+        Done {
+            response: Option<Response<Bytes>>,
+        },
+    }
+}
+
+impl<S, B, ReqBody> ResponseFuture<S, B, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+    B: Backend,
+{
+    fn passthrough(call: S::Future) -> Self {
+        ResponseFuture {
+            state: State::Calling {
+                call,
+                decision: None,
+            },
+            config: None,
+        }
+    }
+
+    fn done(response: Response<Bytes>) -> Self {
+        ResponseFuture {
+            state: State::Done {
+                response: Some(response),
+            },
+            config: None,
+        }
+    }
+}
+
+impl<S, B, ReqBody, ResBody> Future for ResponseFuture<S, B, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    B: Backend,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Checking {
+                    check,
+                    req,
+                    inner,
+                    key,
+                } => {
+                    let verdict = ready!(check.poll(cx));
+                    let config = this.config.as_ref().expect("set while checking");
+                    let (Some(req), Some(mut inner)) = (req.take(), inner.take()) else {
+                        unreachable!("taken once")
+                    };
+                    let next = match verdict {
+                        Ok(Ok(d)) if d.is_allowed() => State::Calling {
+                            call: inner.call(req),
+                            decision: Some(d),
+                        },
+                        Ok(Ok(d)) => State::Done {
+                            response: Some(denied(&config.headers, &d)),
+                        },
+                        Ok(Err(_too_costly)) => match key.take() {
+                            Some(key) => State::Peeking {
+                                check: config.backend.acquire(&key, 0),
+                            },
+                            None => unreachable!("taken once"),
+                        },
+                        Err(error) => match config.on_error {
+                            OnBackendError::FailOpen => {
+                                tracing::warn!(%error, "rate-limit backend failed; request let through (fail open)");
+                                State::Calling {
+                                    call: inner.call(req),
+                                    decision: None,
+                                }
+                            }
+                            OnBackendError::FailClosed => State::Done {
+                                response: Some(problem_response(
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    &format!("the rate limiter is unavailable: {error}"),
+                                )),
+                            },
+                        },
+                    };
+                    this.state.set(next);
+                }
+                StateProj::Peeking { check } => {
+                    let verdict = ready!(check.poll(cx));
+                    let config = this.config.as_ref().expect("set while peeking");
+                    let response = match verdict {
+                        Ok(Ok(d)) => {
+                            let mut r = problem_response(
+                                StatusCode::TOO_MANY_REQUESTS,
+                                "the request costs more than the limit's capacity: it can \
+                                 never be granted",
+                            );
+                            config.headers.apply(&d, r.headers_mut());
+                            r.headers_mut().insert(
+                                http::header::RETRY_AFTER,
+                                headers::retry_after(config.backend.limit().time_to_fill()),
+                            );
+                            r
+                        }
+                        _ => problem_response(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "the request costs more than the limit's capacity",
+                        ),
+                    };
+                    this.state.set(State::Done {
+                        response: Some(response),
+                    });
+                }
+                StateProj::Calling { call, decision } => {
+                    let response = ready!(call.poll(cx))?;
+                    let (mut parts, body) = response.into_parts();
+                    if let (Some(d), Some(config)) = (decision.as_ref(), this.config.as_ref()) {
+                        config.headers.apply(d, &mut parts.headers);
+                    }
+                    return Poll::Ready(Ok(Response::from_parts(
+                        parts,
+                        ResponseBody::Inner { body },
+                    )));
+                }
+                StateProj::Done { response } => {
+                    let response = response.take().expect("polled after completion");
+                    let (parts, body) = response.into_parts();
+                    return Poll::Ready(Ok(Response::from_parts(
+                        parts,
+                        ResponseBody::Full { data: Some(body) },
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// A `429` for a denial: headers, `Retry-After`, problem body.
+fn denied(headers: &Headers, d: &Decision) -> Response<Bytes> {
+    let wait = headers::ceil_secs(d.retry_after()).max(1);
+    let mut r = problem_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!("rate limit exceeded; retry after {wait} s"),
+    );
+    headers.apply(d, r.headers_mut());
+    r.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        headers::retry_after(d.retry_after()),
+    );
+    r
+}
+
+fn problem_response(status: StatusCode, detail: &str) -> Response<Bytes> {
+    let (content_type, body) = headers::problem(status, detail);
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(http::header::CONTENT_TYPE, content_type);
+    r
+}
