@@ -39,6 +39,8 @@ pub struct Decision {
     now: u64,
     epoch: u64,
     rate: Rate,
+    /// Made without the store, by a failure policy.
+    degraded: bool,
 }
 
 impl Decision {
@@ -52,7 +54,38 @@ impl Decision {
             now,
             epoch,
             rate: *steps.rate(),
+            degraded: false,
         }
+    }
+
+    /// A decision made without the store (Redis unreachable) by its failure policy: allowed
+    /// (fail open) or denied (fail closed). Remaining is reported as 0; a denial's waits are
+    /// those of an empty bucket.
+    #[cfg(feature = "redis")]
+    pub(crate) fn degraded(steps: &Steps, allowed: bool, n: u64) -> Decision {
+        let out = Outcome {
+            allowed,
+            tokens: 0,
+            mark: 0,
+            write: None,
+        };
+        Decision {
+            degraded: true,
+            ..Decision::new(steps, &out, n, 0, 0)
+        }
+    }
+
+    /// The clock reading of the call (nanoseconds, the limiter's clock).
+    #[cfg(feature = "redis")]
+    pub(crate) fn now_ns(&self) -> u64 {
+        self.now
+    }
+
+    /// Whether this decision was made without the store it should have come from (a Redis
+    /// backend that did not answer, by its failure policy). Always false for in-memory limiters.
+    #[inline]
+    pub fn is_degraded(&self) -> bool {
+        self.degraded
     }
 
     /// Whether the request was granted (its tokens are consumed).

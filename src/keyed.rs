@@ -371,7 +371,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         };
         match pinned.try_insert_with(key, || Cell::new(out.write.unwrap_or(fresh))) {
             Ok(_) => {
-                if (len + 1) % FLUSH_EVERY == 0 {
+                if (len + 1).is_multiple_of(FLUSH_EVERY) {
                     // Growing: let old tables from finished resizes be freed promptly.
                     pinned.flush();
                 }

@@ -45,6 +45,8 @@ pub mod http;
 mod keyed;
 mod limit;
 mod map;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod state;
 mod sync;
 

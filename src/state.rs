@@ -232,6 +232,12 @@ impl Steps {
         self.pack(k, self.cap)
     }
 
+    /// The word of a bucket holding `tokens` (<= C) marked at step `mark`.
+    #[cfg(feature = "redis")]
+    pub(crate) fn word(&self, tokens: u64, mark: u64) -> u64 {
+        self.pack(mark, tokens.min(self.cap))
+    }
+
     /// The word of an empty bucket whose mark is step `k`.
     #[inline]
     pub(crate) fn empty(&self, k: u64) -> u64 {

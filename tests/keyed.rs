@@ -4,22 +4,13 @@
 
 mod model;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Barrier;
 use std::time::Duration;
 
-use model::{observe, Model};
+use model::keyed::{check_keyed, KOp};
 use proptest::prelude::*;
-use tollgate::{AtCapacity, Clock, KeyedLimiter, Limit, ManualClock};
-
-#[derive(Clone, Copy, Debug)]
-enum KOp {
-    Advance(u64),
-    Rewind(u64),
-    Acquire(u8, u64),
-    Evict,
-}
+use tollgate::{AtCapacity, KeyedLimiter, Limit, ManualClock};
 
 fn kop() -> impl Strategy<Value = KOp> {
     prop_oneof![
@@ -30,69 +21,6 @@ fn kop() -> impl Strategy<Value = KOp> {
         (0u8..6, 0u64..5).prop_map(|(k, n)| KOp::Acquire(k, n)),
         Just(KOp::Evict),
     ]
-}
-
-/// Runs a multi-key trace through an evicting keyed limiter and per-key models that never
-/// evict; every decision must be identical. The clock never steps back more than `idle_ttl`
-/// below the latest time seen (the documented condition for invisible eviction). Returns
-/// (decisions compared, buckets evicted).
-fn check_keyed(
-    cap: u64,
-    amount: u64,
-    step_ns: u64,
-    greedy: bool,
-    ttl_steps: u64,
-    ops: &[KOp],
-) -> (usize, usize) {
-    let interval = if greedy { step_ns * amount } else { step_ns };
-    let limit = if greedy {
-        Limit::greedy(cap, amount, Duration::from_nanos(interval))
-    } else {
-        Limit::new(cap, amount, Duration::from_nanos(interval))
-    }
-    .unwrap();
-    let clock = ManualClock::new();
-    clock.set(1 << 40);
-    let ttl = Duration::from_nanos(step_ns * ttl_steps);
-    let limiter: KeyedLimiter<u8> = KeyedLimiter::builder(limit)
-        .clock(clock.clone())
-        .idle_ttl(ttl)
-        .shards(2)
-        .build();
-    let epoch = clock.now();
-    let mut models: HashMap<u8, Model> = HashMap::new();
-    let (mut compared, mut evicted) = (0, 0);
-    let mut latest = epoch;
-    for op in ops {
-        match *op {
-            KOp::Advance(x) if x < 4 => clock.advance(Duration::from_nanos(x * step_ns)),
-            KOp::Advance(x) => clock.advance(Duration::from_nanos(x % (step_ns * 64))),
-            KOp::Rewind(x) => {
-                let floor = latest.saturating_sub(ttl.as_nanos() as u64);
-                clock.set(clock.now().saturating_sub(x % (step_ns * 8)).max(floor));
-            }
-            KOp::Acquire(key, n) => {
-                let n = n % (cap + 2);
-                let t = clock.now();
-                let model = models
-                    .entry(key)
-                    .or_insert_with(|| Model::new(cap, amount, interval, greedy, epoch));
-                let want = model.acquire(t, n);
-                match limiter.try_acquire_key(&key, n) {
-                    Ok(d) => assert_eq!(
-                        observe(&d),
-                        want.unwrap(),
-                        "key {key} n {n} t {t} ops {ops:?}"
-                    ),
-                    Err(_) => assert!(want.is_err()),
-                }
-                compared += 1;
-            }
-            KOp::Evict => evicted += limiter.evict_idle(),
-        }
-        latest = latest.max(clock.now());
-    }
-    (compared, evicted)
 }
 
 static COMPARED: AtomicU64 = AtomicU64::new(0);
@@ -127,7 +55,7 @@ fn eviction_happens_and_is_invisible() {
     // A hand trace that surely evicts, then re-creates the bucket.
     let ops: Vec<KOp> = [KOp::Acquire(1, 3), KOp::Acquire(2, 1), KOp::Advance(3)]
         .into_iter()
-        .chain(std::iter::repeat(KOp::Advance(3)).take(10))
+        .chain(std::iter::repeat_n(KOp::Advance(3), 10))
         .chain([
             KOp::Evict,
             KOp::Acquire(1, 2),

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod keyed;
+
 /// One decision, with every field of SPEC §2 (waits in nanoseconds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ModelDecision {

@@ -1,0 +1,479 @@
+//! Distributed limits on Redis (feature `redis`): the same bucket and the same decisions,
+//! shared by many processes through one Redis key per user key (SPEC §4).
+//!
+//! One Lua script ([`SCRIPT`]) does refill and acquire atomically on the server, in one round
+//! trip (`EVALSHA`; a `NOSCRIPT` answer reloads it). Time is the server's `TIME`, so clients'
+//! clocks do not matter. Steps count from the Unix epoch, one epoch for every process. The key
+//! expires when its bucket would be full again (a full bucket and a missing one are the same),
+//! and the script touches only `KEYS[1]`, named `prefix{key}`, so it runs on Redis Cluster.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
+//! use tollgate::redis::RedisLimiter;
+//! use tollgate::Limit;
+//!
+//! let limiter = RedisLimiter::new("redis://127.0.0.1/", Limit::per_second(10)?, "rl:").await?;
+//! let d = limiter.try_acquire(b"user-42", 1).await?;
+//! println!("allowed: {}, remaining: {}", d.is_allowed(), d.remaining());
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+use crate::decision::{Decision, InsufficientCapacity};
+use crate::limit::{Limit, LimitError};
+use crate::state::{self, Outcome, Steps};
+
+/// The Lua script, as loaded into Redis.
+pub const SCRIPT: &str = include_str!("limiter.lua");
+
+/// Every number the script handles stays below this (Lua numbers are doubles).
+const LUA_EXACT: u64 = 1 << 52;
+
+/// What a call does when Redis does not answer in time (or at all).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Allow the request; the decision says [`Decision::is_degraded`].
+    FailOpen,
+    /// Deny the request; the decision says [`Decision::is_degraded`].
+    FailClosed,
+    /// Return [`RedisLimitError::Unavailable`]. The default.
+    #[default]
+    ReturnError,
+}
+
+/// Why a Redis-backed call failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RedisLimitError {
+    /// The limit cannot be run by the script (it needs whole microseconds and numbers below
+    /// 2^52); the text says which part.
+    Limit(String),
+    /// A bad limit.
+    InvalidLimit(LimitError),
+    /// More tokens asked for than the capacity.
+    InsufficientCapacity(InsufficientCapacity),
+    /// Redis did not answer within the timeout, or the connection failed.
+    Unavailable(String),
+    /// Redis answered something the script never returns.
+    Protocol(String),
+}
+
+impl fmt::Display for RedisLimitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RedisLimitError::Limit(why) => {
+                write!(f, "limit not supported by the Redis backend: {why}")
+            }
+            RedisLimitError::InvalidLimit(e) => e.fmt(f),
+            RedisLimitError::InsufficientCapacity(e) => e.fmt(f),
+            RedisLimitError::Unavailable(why) => write!(f, "redis unavailable: {why}"),
+            RedisLimitError::Protocol(why) => write!(f, "unexpected answer from redis: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for RedisLimitError {}
+
+impl From<LimitError> for RedisLimitError {
+    fn from(e: LimitError) -> Self {
+        RedisLimitError::InvalidLimit(e)
+    }
+}
+
+/// The local denial cache: after Redis denies a key until some time, deny it here without a
+/// round trip until then (exact: tokens only arrive by refill, and the wait already counts
+/// them). Bounded: at most `cap` keys; expired entries go first, then any.
+struct DenialCache {
+    cap: usize,
+    map: Mutex<HashMap<Vec<u8>, Denied>>,
+}
+
+/// A denial Redis made: the state it reported, until when it holds, for how many tokens.
+#[derive(Clone, Copy)]
+struct Denied {
+    tokens: u64,
+    mark: u64,
+    /// Unix time (ns) at which the requested tokens are there.
+    until: u64,
+    n: u64,
+}
+
+/// A Redis-backed limiter: every key's bucket lives in Redis, shared by all processes that use
+/// the same URL, limit and prefix.
+pub struct RedisLimiter {
+    con: ConnectionManager,
+    script: redis::Script,
+    limit: Limit,
+    steps: Steps,
+    /// a and b in microseconds (the script's units).
+    a: u64,
+    b_us: u64,
+    prefix: Vec<u8>,
+    timeout: Duration,
+    on_failure: OnFailure,
+    denials: Option<Arc<DenialCache>>,
+}
+
+impl fmt::Debug for RedisLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLimiter")
+            .field("limit", &self.limit)
+            .field("prefix", &String::from_utf8_lossy(&self.prefix))
+            .field("timeout", &self.timeout)
+            .field("on_failure", &self.on_failure)
+            .finish()
+    }
+}
+
+/// Builds a [`RedisLimiter`]. From [`RedisLimiter::builder`].
+pub struct RedisLimiterBuilder {
+    client: Result<redis::Client, String>,
+    limit: Limit,
+    prefix: Vec<u8>,
+    timeout: Duration,
+    on_failure: OnFailure,
+    denial_cache: Option<usize>,
+}
+
+impl RedisLimiterBuilder {
+    /// The per-call timeout (default 50 ms): past it, [`OnFailure`] applies.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// What a call does when Redis fails (default [`OnFailure::ReturnError`]).
+    pub fn on_failure(mut self, on_failure: OnFailure) -> Self {
+        self.on_failure = on_failure;
+        self
+    }
+
+    /// Deny keys locally, with no round trip, until the time Redis said they may retry; hold
+    /// at most `max_keys` of them (`None`: off, the default).
+    pub fn denial_cache(mut self, max_keys: Option<usize>) -> Self {
+        self.denial_cache = max_keys;
+        self
+    }
+
+    /// Connects (a multiplexed connection that reconnects by itself).
+    ///
+    /// # Errors
+    /// [`RedisLimitError::Limit`] when the limit needs what the script cannot do exactly (an
+    /// interval that is not whole microseconds, more than one token per microsecond, or a rate
+    /// whose reduced numbers multiply past 2^52); [`RedisLimitError::Unavailable`] when the
+    /// first connection fails within the timeout.
+    pub async fn connect(self) -> Result<RedisLimiter, RedisLimitError> {
+        let limit = self.limit;
+        let steps = *limit.steps();
+        if !steps.b.is_multiple_of(1000) {
+            return Err(RedisLimitError::Limit(format!(
+                "the step rate needs nanoseconds ({:?} / {}); Redis time is in whole microseconds",
+                limit.refill_interval(),
+                limit.refill_amount()
+            )));
+        }
+        let (a, b_us) = (steps.a, steps.b / 1000);
+        let g = state::gcd(a, b_us);
+        let (a, b_us) = (a / g, b_us / g);
+        if a > b_us {
+            return Err(RedisLimitError::Limit(
+                "more than one token per microsecond".into(),
+            ));
+        }
+        if a.checked_mul(b_us).is_none_or(|ab| ab >= LUA_EXACT) {
+            return Err(RedisLimitError::Limit(format!(
+                "the reduced rate {a}/{b_us} us multiplies past 2^52"
+            )));
+        }
+        let client = self.client.map_err(RedisLimitError::Unavailable)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let con = tokio::time::timeout(
+            self.timeout.max(Duration::from_millis(100)) * 4,
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| RedisLimitError::Unavailable("connect timed out".into()))?
+        .map_err(|e| RedisLimitError::Unavailable(e.to_string()))?;
+        Ok(RedisLimiter {
+            con,
+            script: redis::Script::new(SCRIPT),
+            limit,
+            steps,
+            a,
+            b_us,
+            prefix: self.prefix,
+            timeout: self.timeout,
+            on_failure: self.on_failure,
+            denials: self.denial_cache.map(|cap| {
+                Arc::new(DenialCache {
+                    cap: cap.max(1),
+                    map: Mutex::new(HashMap::new()),
+                })
+            }),
+        })
+    }
+}
+
+impl RedisLimiter {
+    /// Connects with the defaults (50 ms timeout, errors returned, no denial cache).
+    /// `url` is a `redis://` or `unix://` URL; keys are named `prefix{key}`.
+    ///
+    /// # Errors
+    /// As [`RedisLimiterBuilder::connect`].
+    pub async fn new(
+        url: &str,
+        limit: Limit,
+        key_prefix: &str,
+    ) -> Result<RedisLimiter, RedisLimitError> {
+        RedisLimiter::builder(url, limit, key_prefix)
+            .connect()
+            .await
+    }
+
+    /// A builder for the timeout, the failure policy and the denial cache.
+    pub fn builder(url: &str, limit: Limit, key_prefix: &str) -> RedisLimiterBuilder {
+        RedisLimiterBuilder {
+            client: redis::Client::open(url).map_err(|e| e.to_string()),
+            limit,
+            prefix: key_prefix.as_bytes().to_vec(),
+            timeout: Duration::from_millis(50),
+            on_failure: OnFailure::default(),
+            denial_cache: None,
+        }
+    }
+
+    /// The limit every key gets.
+    pub fn limit(&self) -> &Limit {
+        &self.limit
+    }
+
+    /// The Redis key of a user key: `prefix{key}` (the braces make it its own Cluster hash
+    /// slot tag).
+    pub fn redis_key(&self, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + key.len() + 2);
+        k.extend_from_slice(&self.prefix);
+        k.push(b'{');
+        k.extend_from_slice(key);
+        k.push(b'}');
+        k
+    }
+
+    /// Takes `n` tokens from `key`'s bucket in Redis if they are there, on the server's clock.
+    ///
+    /// # Errors
+    /// [`RedisLimitError::InsufficientCapacity`] for `n` above the capacity (no round trip);
+    /// [`RedisLimitError::Unavailable`] when Redis fails and the policy is
+    /// [`OnFailure::ReturnError`].
+    pub async fn try_acquire(&self, key: &[u8], n: u64) -> Result<Decision, RedisLimitError> {
+        self.call(key, n, None).await
+    }
+
+    /// As [`try_acquire`](RedisLimiter::try_acquire), at an explicit time (microseconds since the
+    /// Unix epoch) instead of the server's: for deterministic tests. Sets no expiry.
+    ///
+    /// # Errors
+    /// As [`try_acquire`](RedisLimiter::try_acquire).
+    pub async fn try_acquire_at(
+        &self,
+        key: &[u8],
+        n: u64,
+        now_us: u64,
+    ) -> Result<Decision, RedisLimitError> {
+        if now_us >= LUA_EXACT {
+            return Err(RedisLimitError::Limit("time past 2^52 microseconds".into()));
+        }
+        self.call(key, n, Some(now_us)).await
+    }
+
+    async fn call(
+        &self,
+        key: &[u8],
+        n: u64,
+        now_us: Option<u64>,
+    ) -> Result<Decision, RedisLimitError> {
+        if n > self.steps.cap {
+            return Err(RedisLimitError::InsufficientCapacity(
+                InsufficientCapacity {
+                    requested: n,
+                    capacity: self.steps.cap,
+                },
+            ));
+        }
+        if let (Some(cache), None) = (&self.denials, now_us) {
+            if let Some(d) = self.cached_denial(cache, key, n) {
+                return Ok(d);
+            }
+        }
+        let mut con = self.con.clone();
+        let mut invocation = self.script.key(self.redis_key(key));
+        invocation
+            .arg(self.steps.cap)
+            .arg(self.steps.q)
+            .arg(self.a)
+            .arg(self.b_us)
+            .arg(n);
+        match now_us {
+            Some(t) => invocation.arg(t),
+            None => invocation.arg(""),
+        };
+        let answer =
+            tokio::time::timeout(self.timeout, invocation.invoke_async::<Vec<i64>>(&mut con)).await;
+        let reply = match answer {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => return self.failed(n, e.to_string()),
+            Err(_) => return self.failed(n, format!("no answer within {:?}", self.timeout)),
+        };
+        let [allowed, tokens, mark, now] = reply[..] else {
+            return Err(RedisLimitError::Protocol(format!("{reply:?}")));
+        };
+        let (tokens, mark, now_ns) = (
+            tokens as u64,
+            mark as u64,
+            (now as u64).saturating_mul(1000),
+        );
+        let out = Outcome {
+            allowed: allowed == 1,
+            tokens,
+            mark,
+            write: None,
+        };
+        let d = Decision::new(&self.steps, &out, n, now_ns, 0);
+        if let (Some(cache), false, None) = (&self.denials, d.is_allowed(), now_us) {
+            self.remember_denial(cache, key, &d, tokens, mark, n);
+        }
+        Ok(d)
+    }
+
+    fn failed(&self, n: u64, why: String) -> Result<Decision, RedisLimitError> {
+        match self.on_failure {
+            OnFailure::ReturnError => Err(RedisLimitError::Unavailable(why)),
+            policy => Ok(Decision::degraded(
+                &self.steps,
+                policy == OnFailure::FailOpen,
+                n,
+            )),
+        }
+    }
+
+    fn remember_denial(
+        &self,
+        cache: &DenialCache,
+        key: &[u8],
+        d: &Decision,
+        tokens: u64,
+        mark: u64,
+        n: u64,
+    ) {
+        let until = d.now_ns().saturating_add(d.retry_after().as_nanos() as u64);
+        let mut map = cache.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= cache.cap && !map.contains_key(key) {
+            let now = d.now_ns();
+            map.retain(|_, e| e.until > now);
+            if map.len() >= cache.cap {
+                if let Some(k) = map.keys().next().cloned() {
+                    map.remove(&k);
+                }
+            }
+        }
+        map.insert(
+            key.to_vec(),
+            Denied {
+                tokens,
+                mark,
+                until,
+                n,
+            },
+        );
+    }
+
+    /// A local denial, when the cache holds one for `key` that still stands for `n` tokens.
+    fn cached_denial(&self, cache: &DenialCache, key: &[u8], n: u64) -> Option<Decision> {
+        let now_ns = unix_now_ns();
+        let mut map = cache.map.lock().unwrap_or_else(|p| p.into_inner());
+        let Denied {
+            tokens,
+            mark,
+            until,
+            n: denied_n,
+        } = *map.get(key)?;
+        if now_ns >= until {
+            map.remove(key);
+            return None;
+        }
+        if n < denied_n {
+            // Fewer tokens may already be there.
+            return None;
+        }
+        drop(map);
+        // The state Redis reported, refilled to now: nobody else can have added tokens.
+        let k = self.steps.step_index(now_ns);
+        let word = self.steps.word(tokens, mark);
+        let out = state::step(&self.steps, word, k, n);
+        (!out.allowed).then(|| Decision::new(&self.steps, &out, n, now_ns, 0))
+    }
+}
+
+fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+#[cfg(feature = "http")]
+impl crate::http::Backend for RedisLimiter {
+    type Error = RedisLimitError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<crate::http::Verdict, RedisLimitError>> + Send>,
+    >;
+
+    fn acquire(&self, key: &crate::http::Key, cost: u64) -> Self::Future {
+        use crate::http::Key;
+        let bytes: Vec<u8> = match key {
+            Key::Global => b"*".to_vec(),
+            Key::Ip(ip) => ip.to_string().into_bytes(),
+            Key::Header(v) => v.as_bytes().to_vec(),
+            Key::Bytes(b) => b.to_vec(),
+            Key::Text(t) => t.as_bytes().to_vec(),
+        };
+        let this = self.clone_handle();
+        Box::pin(async move {
+            match this.try_acquire(&bytes, cost).await {
+                Ok(d) => Ok(Ok(d)),
+                Err(RedisLimitError::InsufficientCapacity(e)) => Ok(Err(e)),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn limit(&self) -> &Limit {
+        &self.limit
+    }
+}
+
+impl RedisLimiter {
+    /// A handle sharing the connection (cheap: the connection manager is a handle).
+    fn clone_handle(&self) -> RedisLimiter {
+        RedisLimiter {
+            con: self.con.clone(),
+            script: self.script.clone(),
+            limit: self.limit,
+            steps: self.steps,
+            a: self.a,
+            b_us: self.b_us,
+            prefix: self.prefix.clone(),
+            timeout: self.timeout,
+            on_failure: self.on_failure,
+            denials: self.denials.clone(),
+        }
+    }
+}
