@@ -8,53 +8,23 @@
 //!    it arrives and again 5 ms later, one arrival per µs of manual time, idle_ttl 5 ms). Peak
 //!    live bytes for each; governor as its users run it by default (no `retain_recent` calls).
 
-use std::alloc::{GlobalAlloc, Layout, System};
+#[path = "../tests/support/counting.rs"]
+mod counting;
+
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use counting::{live, reset_peak};
 use governor::clock::FakeRelativeClock;
 use governor::{Quota, RateLimiter};
 use tollgate::{KeyedLimiter, Limit, ManualClock};
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwards the caller's layout to the system allocator unchanged.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` above with this layout.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 const KEYS: u64 = 1_000_000;
 const STREAM: u64 = 2_000_000;
 const ACTIVE: u64 = 10_000;
-
-fn live() -> usize {
-    LIVE.load(Ordering::Relaxed)
-}
-
-fn reset_peak() -> usize {
-    let now = live();
-    PEAK.store(now, Ordering::Relaxed);
-    now
-}
 
 fn main() {
     println!("memory per key ({KEYS} u64 keys, requested heap bytes):");
@@ -98,7 +68,7 @@ fn main() {
             tg.check_key(&(i - ACTIVE / 2));
         }
     }
-    let tg_peak = PEAK.load(Ordering::Relaxed) - base;
+    let tg_peak = counting::peak() - base;
     println!(
         "  tollgate KeyedLimiter : peak {:>11} B, {} keys held at the end",
         tg_peak,
@@ -119,7 +89,7 @@ fn main() {
             let _ = gv.check_key(&(i - ACTIVE / 2));
         }
     }
-    let gv_peak = PEAK.load(Ordering::Relaxed) - base;
+    let gv_peak = counting::peak() - base;
     println!(
         "  governor keyed        : peak {:>11} B, {} keys held at the end",
         gv_peak,

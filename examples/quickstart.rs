@@ -18,14 +18,7 @@ fn main() -> Result<(), LimitError> {
     );
     let mut wait = Duration::ZERO;
     for i in 1..=15 {
-        let d = bucket.check();
-        let verdict = if d.is_allowed() { "allowed" } else { "denied" };
-        println!(
-            "{i:>4}  {verdict:<8} {:>9}  {:>9.3} ms",
-            d.remaining(),
-            d.retry_after().as_secs_f64() * 1e3
-        );
-        wait = wait.max(d.retry_after());
+        wait = wait.max(request(&bucket, i));
     }
     // The default clock is coarse (it lags real time by up to ~1 ms, see `CoarseClock`), so
     // wait one upkeep interval more than the exact wait it reported.
@@ -36,13 +29,19 @@ fn main() -> Result<(), LimitError> {
     );
     std::thread::sleep(wait);
     for i in 16..=18 {
-        let d = bucket.check();
-        let verdict = if d.is_allowed() { "allowed" } else { "denied" };
-        println!(
-            "{i:>4}  {verdict:<8} {:>9}  {:>9.3} ms",
-            d.remaining(),
-            d.retry_after().as_secs_f64() * 1e3
-        );
+        request(&bucket, i);
     }
     Ok(())
+}
+
+/// One request: prints its decision, returns its retry-after.
+fn request(bucket: &TokenBucket, i: u32) -> Duration {
+    let d = bucket.check();
+    let verdict = if d.is_allowed() { "allowed" } else { "denied" };
+    println!(
+        "{i:>4}  {verdict:<8} {:>9}  {:>9.3} ms",
+        d.remaining(),
+        d.retry_after().as_secs_f64() * 1e3
+    );
+    d.retry_after()
 }

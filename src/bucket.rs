@@ -52,6 +52,39 @@ impl Cell {
         }
     }
 
+    /// Applies `op` (a pure step on the word) at the step of `now` with a CAS loop, like
+    /// `acquire`. `None` on a tombstone.
+    #[inline]
+    pub(crate) fn update(
+        &self,
+        steps: &Steps,
+        now: u64,
+        epoch: u64,
+        n: u64,
+        op: impl Fn(&Steps, u64, u64, u64) -> state::Outcome,
+    ) -> Option<Decision> {
+        // Relaxed: as in `acquire`.
+        let mut word = self.0.load(Ordering::Relaxed);
+        let k = steps.step_index_near(now.saturating_sub(epoch), word);
+        loop {
+            if word == TOMBSTONE {
+                return None;
+            }
+            let out = op(steps, word, k, n);
+            let Some(new) = out.write else {
+                return Some(Decision::new(steps, &out, 0, now, epoch));
+            };
+            // Relaxed: as in `acquire`.
+            match self
+                .0
+                .compare_exchange_weak(word, new, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(Decision::new(steps, &out, 0, now, epoch)),
+                Err(seen) => word = seen,
+            }
+        }
+    }
+
     /// Current word (for eviction checks).
     #[inline]
     pub(crate) fn load(&self) -> u64 {
@@ -146,12 +179,12 @@ impl<C: Clock> TokenBucket<C> {
                 capacity: self.steps.cap,
             });
         }
-        Ok(self.acquire(n))
+        Ok(self.take(n))
     }
 
     /// `n <= C`.
     #[inline(always)]
-    fn acquire(&self, n: u64) -> Decision {
+    fn take(&self, n: u64) -> Decision {
         let now = self.clock.now();
         match self.cell.acquire(&self.steps, n, now, self.epoch) {
             Some(d) => d,
@@ -171,7 +204,95 @@ impl<C: Clock> TokenBucket<C> {
     #[inline]
     pub fn check(&self) -> Decision {
         // Capacity is at least 1.
-        self.acquire(1)
+        self.take(1)
+    }
+
+    /// The bucket as it is now, consuming nothing: a peek (`try_acquire(0)`).
+    ///
+    /// ```
+    /// use tollgate::{Limit, TokenBucket};
+    /// let bucket = TokenBucket::new(Limit::per_minute(10)?);
+    /// bucket.try_acquire(4).unwrap();
+    /// assert_eq!(bucket.snapshot().remaining(), 6);
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    #[inline]
+    pub fn snapshot(&self) -> Decision {
+        self.take(0)
+    }
+
+    /// Gives `n` tokens back (capped at the capacity), for work that turned out not to need
+    /// them. The decision shows the bucket after the refund.
+    ///
+    /// ```
+    /// use tollgate::{Limit, TokenBucket};
+    /// let bucket = TokenBucket::new(Limit::per_hour(10)?);
+    /// bucket.try_acquire(5).unwrap();
+    /// assert_eq!(bucket.refund(2).remaining(), 7);
+    /// assert_eq!(bucket.refund(100).remaining(), 10); // never above the capacity
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn refund(&self, n: u64) -> Decision {
+        self.update(n, state::add)
+    }
+
+    /// Adds `n` tokens (capped at the capacity): a grant beyond the refill schedule.
+    ///
+    /// ```
+    /// use tollgate::{Limit, TokenBucket};
+    /// let bucket = TokenBucket::new(Limit::per_hour(3)?);
+    /// bucket.try_acquire(3).unwrap();
+    /// assert_eq!(bucket.add_tokens(1).remaining(), 1);
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn add_tokens(&self, n: u64) -> Decision {
+        self.update(n, state::add)
+    }
+
+    /// Fills the bucket to its capacity now.
+    ///
+    /// ```
+    /// use tollgate::{Limit, TokenBucket};
+    /// let bucket = TokenBucket::new(Limit::per_hour(3)?);
+    /// bucket.try_acquire(3).unwrap();
+    /// assert_eq!(bucket.reset().remaining(), 3);
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn reset(&self) -> Decision {
+        self.update(0, |s, w, k, _| state::reset(s, w, k))
+    }
+
+    /// Takes `n` tokens as a [`Reservation`](crate::Reservation): keep it (drop it) and the
+    /// tokens stay spent; [`cancel`](crate::Reservation::cancel) it and they come back.
+    ///
+    /// ```
+    /// use tollgate::{Limit, TokenBucket};
+    /// let bucket = TokenBucket::new(Limit::per_hour(10)?);
+    /// let r = bucket.reserve(4).unwrap();
+    /// assert_eq!(r.decision().remaining(), 6);
+    /// r.cancel(); // the work was not needed after all
+    /// assert_eq!(bucket.snapshot().remaining(), 10);
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`ReserveError::Denied`](crate::ReserveError::Denied) with the denial when the tokens are
+    /// not there; [`ReserveError::InsufficientCapacity`](crate::ReserveError::InsufficientCapacity)
+    /// when `n` exceeds the capacity.
+    pub fn reserve(&self, n: u64) -> Result<crate::Reservation<'_, C>, crate::ReserveError> {
+        let d = self.try_acquire(n)?;
+        if d.is_denied() {
+            return Err(crate::ReserveError::Denied(d));
+        }
+        Ok(crate::Reservation::new(self, n, d))
+    }
+
+    fn update(&self, n: u64, op: impl Fn(&Steps, u64, u64, u64) -> state::Outcome) -> Decision {
+        let now = self.clock.now();
+        match self.cell.update(&self.steps, now, self.epoch, n, op) {
+            Some(d) => d,
+            None => unreachable!("a TokenBucket is never tombstoned"),
+        }
     }
 
     /// The limit this bucket enforces.

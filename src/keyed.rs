@@ -72,10 +72,12 @@ struct Shard<K> {
 enum Touch<'p> {
     /// This call inserted the key's bucket, already charged with its request.
     Inserted(Decision),
-    /// The key was there (another thread inserted it).
-    Existing(&'p Cell),
+    /// The key was there (another thread inserted it): its tier and cell.
+    Existing(usize, &'p Cell),
     /// No room: the key cap is reached.
     Full,
+    /// More tokens than the key's tier holds.
+    TooMany(InsufficientCapacity),
 }
 
 /// One token bucket per key: per user, per API key, per client IP.
@@ -98,16 +100,27 @@ pub struct KeyedLimiter<K, S = KeyHasher> {
     shards: Box<[CachePadded<Shard<K>>]>,
     shard_mask: u64,
     hasher: S,
-    steps: Steps,
+    /// The limits keys can have; tier 0 is the builder's limit.
+    tiers: Box<[Tier]>,
+    tier_of: Option<TierFn<K>>,
     clock: AnyClock,
     epoch: u64,
-    idle_steps: u64,
     max_keys: usize,
     at_capacity: AtCapacity,
     overflow: Cell,
     keys: CachePadded<AtomicUsize>,
-    limit: Limit,
     idle_ttl: Duration,
+}
+
+/// Picks a key's tier (an index into the limits) when the key is first seen.
+type TierFn<K> = std::sync::Arc<dyn Fn(&K) -> usize + Send + Sync>;
+
+/// One limit a key can have, with its precomputed arithmetic.
+struct Tier {
+    steps: Steps,
+    limit: Limit,
+    /// Steps a full bucket must have been idle before it may be evicted.
+    idle_steps: u64,
 }
 
 /// Builds a [`KeyedLimiter`]. From [`KeyedLimiter::builder`].
@@ -128,6 +141,8 @@ pub struct KeyedLimiter<K, S = KeyHasher> {
 /// ```
 pub struct KeyedLimiterBuilder<K, S = KeyHasher> {
     limit: Limit,
+    tiers: Vec<Limit>,
+    tier_of: Option<TierFn<K>>,
     clock: Option<AnyClock>,
     idle_ttl: Option<Duration>,
     max_keys: Option<(usize, AtCapacity)>,
@@ -174,10 +189,39 @@ impl<K, S> KeyedLimiterBuilder<K, S> {
         self
     }
 
+    /// Per-key limits (tiers: free / pro / internal). Tier 0 is the builder's limit, tier `i`
+    /// (1 ..= 255) is `more[i - 1]`; `tier_of` picks a key's tier when the key is first seen,
+    /// and must give the same answer for the same key. An index out of range means tier 0. The
+    /// tier is kept with the key, so a call still does one map lookup. Limits past 255 are
+    /// ignored. The key cap's shared overflow bucket, and [`KeyedLimiter::limit`], use tier 0.
+    ///
+    /// ```
+    /// use tollgate::{KeyedLimiter, Limit};
+    /// let free = Limit::per_minute(10)?;
+    /// let pro = Limit::per_minute(1_000)?;
+    /// let limiter: KeyedLimiter<String> = KeyedLimiter::builder(free)
+    ///     .tiers([pro], |user: &String| usize::from(user.starts_with("pro-")))
+    ///     .build();
+    /// assert_eq!(limiter.check_key("pro-ann").limit(), 1_000);
+    /// assert_eq!(limiter.check_key("bob").limit(), 10);
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn tiers(
+        mut self,
+        more: impl IntoIterator<Item = Limit>,
+        tier_of: impl Fn(&K) -> usize + Send + Sync + 'static,
+    ) -> Self {
+        self.tiers = more.into_iter().take(255).collect();
+        self.tier_of = Some(std::sync::Arc::new(tier_of));
+        self
+    }
+
     /// The key hasher (default: [`KeyHasher`], randomly seeded per limiter).
     pub fn hasher<S2>(self, hasher: S2) -> KeyedLimiterBuilder<K, S2> {
         KeyedLimiterBuilder {
             limit: self.limit,
+            tiers: self.tiers,
+            tier_of: self.tier_of,
             clock: self.clock,
             idle_ttl: self.idle_ttl,
             max_keys: self.max_keys,
@@ -193,7 +237,6 @@ impl<K, S> KeyedLimiterBuilder<K, S> {
     where
         K: Hash + Eq,
     {
-        let steps = *self.limit.steps();
         let clock = self
             .clock
             .unwrap_or_else(|| AnyClock::new(DefaultClock::new()));
@@ -202,7 +245,17 @@ impl<K, S> KeyedLimiterBuilder<K, S> {
             .idle_ttl
             .unwrap_or_else(|| self.limit.time_to_fill().max(Duration::from_secs(1)));
         let ttl_ns = u64::try_from(idle_ttl.as_nanos()).unwrap_or(u64::MAX);
-        let idle_steps = steps.step_index(ttl_ns).saturating_add(2);
+        let tiers: Box<[Tier]> = std::iter::once(self.limit)
+            .chain(self.tiers)
+            .map(|limit| {
+                let steps = *limit.steps();
+                Tier {
+                    steps,
+                    limit,
+                    idle_steps: steps.step_index(ttl_ns).saturating_add(2),
+                }
+            })
+            .collect();
         let shards = self
             .shards
             .unwrap_or_else(|| {
@@ -226,15 +279,14 @@ impl<K, S> KeyedLimiterBuilder<K, S> {
                 .collect(),
             shard_mask: shards as u64 - 1,
             hasher: self.hasher,
-            steps,
+            overflow: Cell::full(&tiers[0].steps, 0),
+            tiers,
+            tier_of: self.tier_of,
             clock,
             epoch,
-            idle_steps,
             max_keys,
             at_capacity,
-            overflow: Cell::full(&steps, 0),
             keys: CachePadded::new(AtomicUsize::new(0)),
-            limit: self.limit,
             idle_ttl,
         }
     }
@@ -251,6 +303,8 @@ impl<K: Hash + Eq> KeyedLimiter<K, KeyHasher> {
     pub fn builder(limit: Limit) -> KeyedLimiterBuilder<K, KeyHasher> {
         KeyedLimiterBuilder {
             limit,
+            tiers: Vec::new(),
+            tier_of: None,
             clock: None,
             idle_ttl: None,
             max_keys: None,
@@ -305,33 +359,50 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        if n > self.steps.cap {
-            return Err(InsufficientCapacity {
-                requested: n,
-                capacity: self.steps.cap,
-            });
-        }
         let now = self.clock.now();
-        let hash = self.hasher.hash_one(key);
-        let shard = &self.shards[((hash >> 32) & self.shard_mask) as usize];
+        let (hash, shard) = self.shard_of(key);
         let probe = Probe { hash, key };
         let pinned = shard.map.pin();
         loop {
-            let cell = match pinned.get(&probe) {
-                Some(cell) => cell,
+            let (tier, cell) = match pinned.get(&probe) {
+                Some((tier, cell)) => (self.tier(tier), cell),
                 None => match self.first_touch(shard, &pinned, &probe, n, now) {
                     Touch::Inserted(d) => return Ok(d),
-                    Touch::Existing(cell) => cell,
+                    Touch::Existing(tier, cell) => (self.tier(tier), cell),
                     Touch::Full => return Ok(self.at_capacity(n, now)),
+                    Touch::TooMany(e) => return Err(e),
                 },
             };
-            if let Some(d) = cell.acquire(&self.steps, n, now, self.epoch) {
+            if n > tier.steps.cap {
+                return Err(InsufficientCapacity {
+                    requested: n,
+                    capacity: tier.steps.cap,
+                });
+            }
+            if let Some(d) = cell.acquire(&tier.steps, n, now, self.epoch) {
                 return Ok(d);
             }
             // A tombstone: the bucket is being evicted. Help remove it, then look again.
             if pinned.remove_tombstoned(&probe) {
                 self.removed(1);
             }
+        }
+    }
+
+    /// Tier `i`, or tier 0 when `i` is out of range.
+    #[inline(always)]
+    fn tier(&self, i: usize) -> &Tier {
+        self.tiers.get(i).unwrap_or(&self.tiers[0])
+    }
+
+    /// The tier index of a key seen for the first time.
+    fn tier_of(&self, key: &K) -> u8 {
+        match &self.tier_of {
+            Some(f) => u8::try_from(f(key))
+                .ok()
+                .filter(|&t| usize::from(t) < self.tiers.len())
+                .unwrap_or(0),
+            None => 0,
         }
     }
 
@@ -351,37 +422,46 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        let k = self.step_now(now);
+        let key = probe.key.to_owned();
+        let tier_index = self.tier_of(&key);
+        let tier = self.tier(usize::from(tier_index));
+        if n > tier.steps.cap {
+            return Touch::TooMany(InsufficientCapacity {
+                requested: n,
+                capacity: tier.steps.cap,
+            });
+        }
         // Relaxed (all counters here): they pace sweeps and bound the key count; they publish
         // no memory, and the count's bound is kept by the read-modify-writes themselves.
         let len = pinned.len();
         if len >= shard.next_sweep.load(Ordering::Relaxed) {
-            self.sweep(shard, pinned, k);
+            self.sweep(shard, pinned, now);
         }
         let capped = self.max_keys != usize::MAX;
-        if capped && !self.reserve(shard, pinned, k) {
+        if capped && !self.reserve(shard, pinned, now) {
             // The key may have been inserted meanwhile by another thread.
-            return pinned.get(probe).map_or(Touch::Full, Touch::Existing);
+            return pinned
+                .get(probe)
+                .map_or(Touch::Full, |(t, cell)| Touch::Existing(t, cell));
         }
-        let fresh = self.steps.full(k);
-        let out = state::step(&self.steps, fresh, k, n);
-        let key = Hashed {
-            hash: probe.hash,
-            key: probe.key.to_owned(),
-        };
-        match pinned.try_insert_with(key, || Cell::new(out.write.unwrap_or(fresh))) {
+        let k = tier.steps.step_index(now.saturating_sub(self.epoch));
+        let fresh = tier.steps.full(k);
+        let out = state::step(&tier.steps, fresh, k, n);
+        let stored = Hashed::new(probe.hash, key, tier_index);
+        match pinned.try_insert_with(stored, || Cell::new(out.write.unwrap_or(fresh))) {
             Ok(_) => {
                 if (len + 1).is_multiple_of(FLUSH_EVERY) {
                     // Growing: let old tables from finished resizes be freed promptly.
                     pinned.flush();
                 }
-                Touch::Inserted(Decision::new(&self.steps, &out, n, now, self.epoch))
+                Touch::Inserted(Decision::new(&tier.steps, &out, n, now, self.epoch))
             }
             Err(cell) => {
                 if capped {
                     self.keys.fetch_sub(1, Ordering::Relaxed);
                 }
-                Touch::Existing(cell)
+                // Same key, same tier (`tier_of` is a function of the key).
+                Touch::Existing(usize::from(tier_index), cell)
             }
         }
     }
@@ -389,7 +469,8 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     /// Reserves room for one more key under the cap. At the cap the key's shard is swept first
     /// when an eighth of its size in refused keys, or a quarter of `idle_ttl`, has gone by since
     /// its last sweep (amortized O(1) per attempt under a flood).
-    fn reserve(&self, shard: &Shard<K>, pinned: &Pinned<'_, K>, k: u64) -> bool {
+    fn reserve(&self, shard: &Shard<K>, pinned: &Pinned<'_, K>, now: u64) -> bool {
+        let k = self.step_now(now);
         for attempt in 0..2 {
             if self.keys.fetch_add(1, Ordering::Relaxed) < self.max_keys {
                 return true;
@@ -401,41 +482,57 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
             let misses = shard.misses.fetch_add(1, Ordering::Relaxed) + 1;
             let every = (pinned.len() / 8).max(MIN_SWEEP_EVERY);
             let since = shard.swept_at.load(Ordering::Relaxed);
-            if misses < every && k < since.saturating_add(self.idle_steps / 4 + 1) {
+            if misses < every && k < since.saturating_add(self.tiers[0].idle_steps / 4 + 1) {
                 break;
             }
-            self.sweep(shard, pinned, k);
+            self.sweep(shard, pinned, now);
         }
         false
     }
 
-    /// The step of clock reading `now`.
+    /// The key's hash (computed once per call) and its shard, picked by bits 32.. of the hash
+    /// (papaya indexes its table with the low bits and tags with the top 7).
+    #[inline(always)]
+    fn shard_of<Q: Hash + ?Sized>(&self, key: &Q) -> (u64, &Shard<K>) {
+        let hash = crate::map::plain(self.hasher.hash_one(key));
+        (
+            hash,
+            &self.shards[((hash >> 32) & self.shard_mask) as usize],
+        )
+    }
+
+    /// The step of clock reading `now` in tier 0 (the overflow bucket's, and sweep pacing's).
     fn step_now(&self, now: u64) -> u64 {
-        self.steps.step_index(now.saturating_sub(self.epoch))
+        self.tiers[0]
+            .steps
+            .step_index(now.saturating_sub(self.epoch))
     }
 
     #[cold]
     fn at_capacity(&self, n: u64, now: u64) -> Decision {
         let k = self.step_now(now);
+        let steps = &self.tiers[0].steps;
         match self.at_capacity {
-            AtCapacity::Overflow => match self.overflow.acquire(&self.steps, n, now, self.epoch) {
+            AtCapacity::Overflow => match self.overflow.acquire(steps, n, now, self.epoch) {
                 Some(d) => d,
                 None => unreachable!("the overflow bucket is never evicted"),
             },
             AtCapacity::Deny => {
-                let out = state::step(&self.steps, self.steps.empty(k), k, n);
-                Decision::new(&self.steps, &out, n, now, self.epoch)
+                let out = state::step(steps, steps.empty(k), k, n.min(steps.cap));
+                Decision::new(steps, &out, n, now, self.epoch)
             }
         }
     }
 
-    /// Sweeps one shard at step `k`; returns how many buckets it evicted.
+    /// Sweeps one shard at clock reading `now`; returns how many buckets it evicted.
     #[cold]
-    fn sweep(&self, shard: &Shard<K>, pinned: &Pinned<'_, K>, k: u64) -> usize {
-        let (steps, idle) = (&self.steps, self.idle_steps);
-        let removed = pinned.sweep(|cell| {
+    fn sweep(&self, shard: &Shard<K>, pinned: &Pinned<'_, K>, now: u64) -> usize {
+        let t = now.saturating_sub(self.epoch);
+        let removed = pinned.sweep(|tier, cell| {
+            let tier = self.tier(tier);
             let word = cell.load();
-            steps.is_evictable(word, k, idle) && cell.tombstone(word)
+            let k = tier.steps.step_index(t);
+            tier.steps.is_evictable(word, k, tier.idle_steps) && cell.tombstone(word)
         });
         self.removed(removed);
         // Relaxed: pacing only.
@@ -444,7 +541,9 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
             .next_sweep
             .store((2 * left).max(left + MIN_SWEEP_EVERY), Ordering::Relaxed);
         shard.misses.store(0, Ordering::Relaxed);
-        shard.swept_at.fetch_max(k, Ordering::Relaxed);
+        shard
+            .swept_at
+            .fetch_max(self.step_now(now), Ordering::Relaxed);
         removed
     }
 
@@ -453,6 +552,106 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
             // Relaxed: a count, as in `first_touch`.
             self.keys.fetch_sub(n, Ordering::Relaxed);
         }
+    }
+
+    /// `key`'s bucket as it is now, consuming nothing and creating nothing (a key without a
+    /// bucket is full).
+    ///
+    /// ```
+    /// use tollgate::{KeyedLimiter, Limit};
+    /// let limiter: KeyedLimiter<String> = KeyedLimiter::new(Limit::per_hour(5)?);
+    /// assert_eq!(limiter.snapshot_key("new").remaining(), 5);
+    /// assert!(limiter.is_empty());
+    /// limiter.try_acquire_key("k", 2).unwrap();
+    /// assert_eq!(limiter.snapshot_key("k").remaining(), 3);
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn snapshot_key<Q>(&self, key: &Q) -> Decision
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.update_key(key, 0, state::add)
+    }
+
+    /// Gives `n` tokens back to `key`'s bucket (capped at the capacity).
+    ///
+    /// ```
+    /// use tollgate::{KeyedLimiter, Limit};
+    /// let limiter: KeyedLimiter<u64> = KeyedLimiter::new(Limit::per_hour(5)?);
+    /// limiter.try_acquire_key(&1, 4).unwrap();
+    /// assert_eq!(limiter.refund_key(&1, 3).remaining(), 4);
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn refund_key<Q>(&self, key: &Q, n: u64) -> Decision
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.update_key(key, n, state::add)
+    }
+
+    /// Adds `n` tokens to `key`'s bucket (capped at the capacity).
+    ///
+    /// ```
+    /// use tollgate::{KeyedLimiter, Limit};
+    /// let limiter: KeyedLimiter<u64> = KeyedLimiter::new(Limit::per_hour(5)?);
+    /// limiter.try_acquire_key(&1, 5).unwrap();
+    /// assert_eq!(limiter.add_tokens_key(&1, 2).remaining(), 2);
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn add_tokens_key<Q>(&self, key: &Q, n: u64) -> Decision
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.update_key(key, n, state::add)
+    }
+
+    /// Fills `key`'s bucket to its capacity.
+    ///
+    /// ```
+    /// use tollgate::{KeyedLimiter, Limit};
+    /// let limiter: KeyedLimiter<u64> = KeyedLimiter::new(Limit::per_hour(5)?);
+    /// limiter.try_acquire_key(&1, 5).unwrap();
+    /// assert_eq!(limiter.reset_key(&1).remaining(), 5);
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn reset_key<Q>(&self, key: &Q) -> Decision
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.update_key(key, 0, |s, w, k, _| state::reset(s, w, k))
+    }
+
+    /// Applies `op` to `key`'s bucket. `op` never empties a bucket (it adds or fills), so a key
+    /// without a bucket (or one being evicted) is full before and after: the answer is computed
+    /// on a full word and nothing is inserted.
+    fn update_key<Q>(
+        &self,
+        key: &Q,
+        n: u64,
+        op: impl Fn(&Steps, u64, u64, u64) -> state::Outcome + Copy,
+    ) -> Decision
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let now = self.clock.now();
+        let (hash, shard) = self.shard_of(key);
+        let probe = Probe { hash, key };
+        let pinned = shard.map.pin();
+        if let Some((tier, cell)) = pinned.get(&probe) {
+            let steps = &self.tier(tier).steps;
+            if let Some(d) = cell.update(steps, now, self.epoch, n, op) {
+                return d;
+            }
+        }
+        let steps = &self.tier(usize::from(self.tier_of(&key.to_owned()))).steps;
+        let k = steps.step_index(now.saturating_sub(self.epoch));
+        let out = op(steps, steps.full(k), k, n);
+        Decision::new(steps, &out, 0, now, self.epoch)
     }
 
     /// Evicts every idle full bucket now (a full pass over all shards); returns how many.
@@ -475,10 +674,10 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     /// # Ok::<(), tollgate::LimitError>(())
     /// ```
     pub fn evict_idle(&self) -> usize {
-        let k = self.step_now(self.clock.now());
+        let now = self.clock.now();
         self.shards
             .iter()
-            .map(|shard| self.sweep(shard, &shard.map.pin(), k))
+            .map(|shard| self.sweep(shard, &shard.map.pin(), now))
             .sum()
     }
 
@@ -494,7 +693,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
 
     /// The limit every key gets.
     pub fn limit(&self) -> &Limit {
-        &self.limit
+        &self.tiers[0].limit
     }
 
     /// The idle time after which a full bucket may be evicted.
@@ -578,7 +777,8 @@ impl Drop for Evictor {
 impl<K: Hash + Eq, S> std::fmt::Debug for KeyedLimiter<K, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyedLimiter")
-            .field("limit", &self.limit)
+            .field("limit", &self.tiers[0].limit)
+            .field("tiers", &self.tiers.len())
             .field(
                 "keys",
                 &self.shards.iter().map(|s| s.map.pin().len()).sum::<usize>(),

@@ -47,8 +47,11 @@ mod limit;
 mod map;
 #[cfg(feature = "redis")]
 pub mod redis;
+mod reservation;
 mod state;
 mod sync;
+#[cfg(feature = "tokio")]
+mod wait;
 
 pub use bucket::TokenBucket;
 pub use clock::{
@@ -59,3 +62,4 @@ pub use keyed::{AtCapacity, Evictor, KeyHasher, KeyedLimiter, KeyedLimiterBuilde
 pub use limit::{
     Limit, LimitError, LimitField, Refill, MAX_CAPACITY, MAX_INTERVAL, MIN_HORIZON, MIN_INTERVAL,
 };
+pub use reservation::{Reservation, ReserveError};

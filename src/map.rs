@@ -15,16 +15,44 @@ pub(crate) use papaya::Equivalent;
 
 use crate::bucket::Cell;
 
-/// A stored key and its hash.
+/// Bits 48..56 of a stored hash hold the key's tier (its limit's index). Lookups mask them out;
+/// nothing reads them as hash: papaya places entries by the low bits and tags them with the
+/// top 7, and shards are picked from bits 32..48.
+pub(crate) const TIER_SHIFT: u32 = 48;
+pub(crate) const TIER_MASK: u64 = 0xFF << TIER_SHIFT;
+
+/// A hash with the tier bits cleared: what lookups and placement use.
+#[inline(always)]
+pub(crate) fn plain(hash: u64) -> u64 {
+    hash & !TIER_MASK
+}
+
+/// A stored key, its hash and its tier (in the hash's tier bits).
 #[derive(Debug)]
 pub(crate) struct Hashed<K> {
     pub(crate) hash: u64,
     pub(crate) key: K,
 }
 
+impl<K> Hashed<K> {
+    /// A stored key with hash `hash` (tier bits ignored) in tier `tier`.
+    pub(crate) fn new(hash: u64, key: K, tier: u8) -> Hashed<K> {
+        Hashed {
+            hash: plain(hash) | (u64::from(tier) << TIER_SHIFT),
+            key,
+        }
+    }
+
+    /// The key's tier.
+    #[inline(always)]
+    pub(crate) fn tier(&self) -> usize {
+        ((self.hash & TIER_MASK) >> TIER_SHIFT) as usize
+    }
+}
+
 impl<K: Eq> PartialEq for Hashed<K> {
     fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && self.key == other.key
+        plain(self.hash) == plain(other.hash) && self.key == other.key
     }
 }
 
@@ -32,11 +60,11 @@ impl<K: Eq> Eq for Hashed<K> {}
 
 impl<K> Hash for Hashed<K> {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash);
+        state.write_u64(plain(self.hash));
     }
 }
 
-/// A borrowed key and its hash, for lookups without an owned key.
+/// A borrowed key and its hash (tier bits clear), for lookups without an owned key.
 pub(crate) struct Probe<'a, Q: ?Sized> {
     pub(crate) hash: u64,
     pub(crate) key: &'a Q,
@@ -54,7 +82,7 @@ where
     K: Borrow<Q>,
 {
     fn equivalent(&self, stored: &Hashed<K>) -> bool {
-        self.hash == stored.hash && self.key == stored.key.borrow()
+        self.hash == plain(stored.hash) && self.key == stored.key.borrow()
     }
 }
 
@@ -129,13 +157,16 @@ mod papaya_map {
     }
 
     impl<K: Hash + Eq> Pinned<'_, K> {
+        /// The key's tier and cell.
         #[inline]
-        pub(crate) fn get<Q>(&self, probe: &Probe<'_, Q>) -> Option<&Cell>
+        pub(crate) fn get<Q>(&self, probe: &Probe<'_, Q>) -> Option<(usize, &Cell)>
         where
             Q: Eq + ?Sized,
             K: Borrow<Q>,
         {
-            self.map.get(probe, &self.guard)
+            self.map
+                .get_key_value(probe, &self.guard)
+                .map(|(k, cell)| (k.tier(), cell))
         }
 
         /// `Ok(new cell)` when this call inserted, `Err(existing)` when the key was there.
@@ -174,13 +205,13 @@ mod papaya_map {
         }
 
         /// Visits every entry; where `kill` tombstones the cell (returns true), removes the
-        /// entry. Returns how many entries this call removed.
-        pub(crate) fn sweep(&self, mut kill: impl FnMut(&Cell) -> bool) -> usize {
+        /// entry. `kill` gets the entry's tier. Returns how many entries this call removed.
+        pub(crate) fn sweep(&self, mut kill: impl FnMut(usize, &Cell) -> bool) -> usize {
             let mut removed = 0;
             for (key, cell) in self.map.iter(&self.guard) {
-                if kill(cell) {
+                if kill(key.tier(), cell) {
                     let probe = Probe {
-                        hash: key.hash,
+                        hash: plain(key.hash),
                         key: &key.key,
                     };
                     removed += usize::from(self.remove_tombstoned(&probe));
@@ -223,7 +254,7 @@ mod loom_map {
     }
 
     impl<K: Hash + Eq> Pinned<'_, K> {
-        pub(crate) fn get<Q>(&self, probe: &Probe<'_, Q>) -> Option<&Cell>
+        pub(crate) fn get<Q>(&self, probe: &Probe<'_, Q>) -> Option<(usize, &Cell)>
         where
             Q: Eq + ?Sized,
             K: Borrow<Q>,
@@ -232,7 +263,7 @@ mod loom_map {
             entries
                 .iter()
                 .find(|(k, _)| probe.equivalent(k))
-                .map(|(_, c)| *c)
+                .map(|(k, c)| (k.tier(), *c))
         }
 
         pub(crate) fn try_insert_with(
@@ -267,16 +298,16 @@ mod loom_map {
             self.map.entries.lock().unwrap().len()
         }
 
-        pub(crate) fn sweep(&self, mut kill: impl FnMut(&Cell) -> bool) -> usize {
+        pub(crate) fn sweep(&self, mut kill: impl FnMut(usize, &Cell) -> bool) -> usize {
             // Snapshot, then tombstone and remove one entry at a time, as papaya's iteration
             // lets other calls run in between.
-            let cells: Vec<&'static Cell> = {
+            let cells: Vec<(usize, &'static Cell)> = {
                 let entries = self.map.entries.lock().unwrap();
-                entries.iter().map(|(_, c)| *c).collect()
+                entries.iter().map(|(k, c)| (k.tier(), *c)).collect()
             };
             let mut removed = 0;
-            for cell in cells {
-                if kill(cell) {
+            for (tier, cell) in cells {
+                if kill(tier, cell) {
                     let mut entries = self.map.entries.lock().unwrap();
                     if let Some(i) = entries
                         .iter()

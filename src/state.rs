@@ -318,6 +318,35 @@ pub(crate) fn step(s: &Steps, word: u64, k: u64, n: u64) -> Outcome {
     }
 }
 
+/// Refill `word` to step `k`, then give `n` tokens back (capped at C): a refund or a grant.
+/// Always "allowed"; writes only a change.
+#[inline]
+pub(crate) fn add(s: &Steps, word: u64, k: u64, n: u64) -> Outcome {
+    let (tokens, mark, _) = s.refill(word, k);
+    let tokens = tokens.saturating_add(n).min(s.cap);
+    let new = s.pack(mark, tokens);
+    Outcome {
+        allowed: true,
+        tokens,
+        mark,
+        write: (new != word).then_some(new),
+    }
+}
+
+/// A full bucket marked at step `k`, whatever `word` held (a reset). Refilling first keeps
+/// the mark from moving back.
+#[inline]
+pub(crate) fn reset(s: &Steps, word: u64, k: u64) -> Outcome {
+    let (_, mark, _) = s.refill(word, k);
+    let new = s.pack(mark, s.cap);
+    Outcome {
+        allowed: true,
+        tokens: s.cap,
+        mark,
+        write: (new != word).then_some(new),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,6 +468,20 @@ mod tests {
         // A stale evictor (mark ahead) and a tombstone are never evicted.
         assert!(!s.is_evictable(s.full(20), 15, 4));
         assert!(!s.is_evictable(TOMBSTONE, 100, 4));
+    }
+
+    #[test]
+    fn add_and_reset_cap_at_capacity() {
+        let s = Steps::new(5, 1, 1, 10);
+        let w = s.pack(3, 1);
+        let o = add(&s, w, 3, 2);
+        assert_eq!((o.tokens, o.mark, o.write), (3, 3, Some(s.pack(3, 3))));
+        assert_eq!(add(&s, w, 3, 100).tokens, 5);
+        // Refill first: two steps later, 1 + 2 + 2 = 5.
+        assert_eq!(add(&s, w, 5, 2).tokens, 5);
+        assert_eq!(add(&s, s.full(3), 3, 1).write, None);
+        let o = reset(&s, w, 2);
+        assert_eq!((o.tokens, o.mark), (5, 3), "a stale reset keeps the mark");
     }
 
     #[test]

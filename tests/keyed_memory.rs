@@ -2,37 +2,15 @@
 //! distinct keys stream through `check_key` with about 10,000 active at a time.
 #![cfg(not(loom))]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+#[path = "support/counting.rs"]
+mod counting;
+
 use std::time::Duration;
 
 use tollgate::{KeyedLimiter, Limit, ManualClock};
 
-/// Counts live heap bytes (and their peak).
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwards the caller's layout to the system allocator unchanged.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` above with this layout.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 const ACTIVE: u64 = 10_000;
 const STREAM: u64 = 2_000_000;
@@ -46,7 +24,7 @@ fn memory_follows_the_active_set() {
         .clock(clock.clone())
         .idle_ttl(Duration::from_millis(5))
         .build();
-    let base = LIVE.load(Ordering::Relaxed);
+    let base = counting::live();
     let (mut max_len, mut max_live) = (0usize, 0usize);
     let mut live_at_warm = 0;
     for i in 0..STREAM {
@@ -57,7 +35,7 @@ fn memory_follows_the_active_set() {
         }
         if i % 1_000 == 0 {
             max_len = max_len.max(limiter.len());
-            let live = LIVE.load(Ordering::Relaxed).saturating_sub(base);
+            let live = counting::live().saturating_sub(base);
             if i == 100_000 {
                 live_at_warm = live;
             }
@@ -66,7 +44,7 @@ fn memory_follows_the_active_set() {
             }
         }
     }
-    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+    let peak = counting::peak().saturating_sub(base);
     eprintln!(
         "keyed memory: {STREAM} keys streamed, {ACTIVE} active: max len {max_len}, live bytes \
          at 100k keys {live_at_warm}, max live bytes after {max_live}, peak {peak} \

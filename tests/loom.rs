@@ -82,6 +82,25 @@ fn two_and_one_never_double_spend() {
     });
 }
 
+/// A refund racing an acquire on an empty bucket: the acquire wins only if it follows the
+/// refund, and the token is counted once either way.
+#[test]
+fn refund_racing_acquire() {
+    loom::model(|| {
+        let (b, _clock) = bucket(1);
+        assert!(b.check().is_allowed());
+        let b1 = b.clone();
+        let refunder = thread::spawn(move || b1.refund(1).remaining());
+        let b2 = b.clone();
+        let taker = thread::spawn(move || b2.check().is_allowed() as u64);
+        let after_refund = refunder.join().unwrap();
+        let granted = taker.join().unwrap();
+        let left = b.snapshot().remaining();
+        assert_eq!(granted + left, 1, "granted {granted}, left {left}");
+        assert!(after_refund <= 1);
+    });
+}
+
 mod keyed {
     use super::*;
     use tollgate::KeyedLimiter;
