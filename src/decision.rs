@@ -81,6 +81,16 @@ impl Decision {
         self.now
     }
 
+    /// The denial of `n` tokens from this decision's state (for a decision that did not
+    /// consume: a peek).
+    pub(crate) fn denied_for(&self, n: u64) -> Decision {
+        Decision {
+            allowed: false,
+            n,
+            ..*self
+        }
+    }
+
     /// Whether this decision was made without the store it should have come from (a Redis
     /// backend that did not answer, by its failure policy). Always false for in-memory limiters.
     #[inline]

@@ -110,6 +110,8 @@ pub struct KeyedLimiter<K, S = KeyHasher> {
     overflow: Cell,
     keys: CachePadded<AtomicUsize>,
     idle_ttl: Duration,
+    /// Decision counters, when asked for.
+    counters: Option<Box<crate::stats::Counters>>,
 }
 
 /// Picks a key's tier (an index into the limits) when the key is first seen.
@@ -143,6 +145,7 @@ pub struct KeyedLimiterBuilder<K, S = KeyHasher> {
     limit: Limit,
     tiers: Vec<Limit>,
     tier_of: Option<TierFn<K>>,
+    stats: bool,
     clock: Option<AnyClock>,
     idle_ttl: Option<Duration>,
     max_keys: Option<(usize, AtCapacity)>,
@@ -216,12 +219,20 @@ impl<K, S> KeyedLimiterBuilder<K, S> {
         self
     }
 
+    /// Count decisions and evictions, for [`KeyedLimiter::stats`]. Default: off (each call
+    /// then costs one uncontended atomic add on a per-thread counter line).
+    pub fn stats(mut self, on: bool) -> Self {
+        self.stats = on;
+        self
+    }
+
     /// The key hasher (default: [`KeyHasher`], randomly seeded per limiter).
     pub fn hasher<S2>(self, hasher: S2) -> KeyedLimiterBuilder<K, S2> {
         KeyedLimiterBuilder {
             limit: self.limit,
             tiers: self.tiers,
             tier_of: self.tier_of,
+            stats: self.stats,
             clock: self.clock,
             idle_ttl: self.idle_ttl,
             max_keys: self.max_keys,
@@ -288,6 +299,7 @@ impl<K, S> KeyedLimiterBuilder<K, S> {
             at_capacity,
             keys: CachePadded::new(AtomicUsize::new(0)),
             idle_ttl,
+            counters: self.stats.then(|| Box::new(crate::stats::Counters::new())),
         }
     }
 }
@@ -305,6 +317,7 @@ impl<K: Hash + Eq> KeyedLimiter<K, KeyHasher> {
             limit,
             tiers: Vec::new(),
             tier_of: None,
+            stats: false,
             clock: None,
             idle_ttl: None,
             max_keys: None,
@@ -355,6 +368,19 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     /// created).
     #[inline]
     pub fn try_acquire_key<Q>(&self, key: &Q, n: u64) -> Result<Decision, InsufficientCapacity>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let d = self.decide(key, n);
+        if let (Some(c), Ok(d)) = (&self.counters, &d) {
+            c.decided(d.is_allowed());
+        }
+        d
+    }
+
+    #[inline(always)]
+    fn decide<Q>(&self, key: &Q, n: u64) -> Result<Decision, InsufficientCapacity>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
@@ -548,6 +574,9 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     }
 
     fn removed(&self, n: usize) {
+        if let Some(c) = &self.counters {
+            c.evicted(n as u64);
+        }
         if n > 0 && self.max_keys != usize::MAX {
             // Relaxed: a count, as in `first_touch`.
             self.keys.fetch_sub(n, Ordering::Relaxed);
@@ -679,6 +708,22 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
             .iter()
             .map(|shard| self.sweep(shard, &shard.map.pin(), now))
             .sum()
+    }
+
+    /// What this limiter decided so far, when built with
+    /// [`stats(true)`](KeyedLimiterBuilder::stats); `None` otherwise.
+    ///
+    /// ```
+    /// use tollgate::{KeyedLimiter, Limit};
+    /// let limiter: KeyedLimiter<u32> = KeyedLimiter::builder(Limit::per_hour(1)?).stats(true).build();
+    /// limiter.check_key(&1);
+    /// limiter.check_key(&1);
+    /// let stats = limiter.stats().unwrap();
+    /// assert_eq!((stats.allowed, stats.denied), (1, 1));
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn stats(&self) -> Option<crate::Stats> {
+        self.counters.as_ref().map(|c| c.read())
     }
 
     /// The number of keys held (buckets in the maps).

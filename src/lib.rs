@@ -45,10 +45,12 @@ pub mod http;
 mod keyed;
 mod limit;
 mod map;
+mod multi;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod reservation;
 mod state;
+mod stats;
 mod sync;
 #[cfg(feature = "tokio")]
 mod wait;
@@ -62,4 +64,6 @@ pub use keyed::{AtCapacity, Evictor, KeyHasher, KeyedLimiter, KeyedLimiterBuilde
 pub use limit::{
     Limit, LimitError, LimitField, Refill, MAX_CAPACITY, MAX_INTERVAL, MIN_HORIZON, MIN_INTERVAL,
 };
+pub use multi::{MultiBucket, MultiDecision, MultiKeyedLimiter};
 pub use reservation::{Reservation, ReserveError};
+pub use stats::Stats;

@@ -1,0 +1,221 @@
+//! Several limits at once on one subject (10 per second and 1,000 per hour): a request is
+//! granted only when every limit grants it, and a denial by any limit consumes from none.
+
+use std::borrow::Borrow;
+use std::hash::{BuildHasher, Hash};
+
+use crate::clock::{Clock, DefaultClock};
+use crate::decision::{Decision, InsufficientCapacity};
+use crate::limit::Limit;
+use crate::{KeyHasher, KeyedLimiter, TokenBucket};
+
+/// The outcome of a call under several limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MultiDecision {
+    /// For a denial, the decision of the first limit that denied; for a grant, the decision of
+    /// the limit with the fewest tokens left (the one that will deny first).
+    pub decision: Decision,
+    /// The index (in the order given) of the limit `decision` comes from.
+    pub limit: usize,
+}
+
+impl MultiDecision {
+    /// Whether every limit granted the request.
+    pub fn is_allowed(&self) -> bool {
+        self.decision.is_allowed()
+    }
+}
+
+/// Runs one all-or-nothing call over `n_limits` limits: first a peek at every limit (a denial
+/// there consumes nothing, and is the common case under a flood); then a take from each in
+/// order. A take that fails after its peek passed (another caller got there first) gives back
+/// what this call took before it, and the call is denied by that limit.
+fn all_or_nothing(
+    n_limits: usize,
+    n: u64,
+    acquire: impl Fn(usize, u64) -> Result<Decision, InsufficientCapacity>,
+    refund: impl Fn(usize, u64),
+) -> Result<MultiDecision, InsufficientCapacity> {
+    for i in 0..n_limits {
+        let peek = acquire(i, 0)?;
+        if n > peek.limit() {
+            return Err(InsufficientCapacity {
+                requested: n,
+                capacity: peek.limit(),
+            });
+        }
+        if peek.remaining() < n {
+            // Denied here, from the peek's state: nothing taken anywhere.
+            return Ok(MultiDecision {
+                decision: peek.denied_for(n),
+                limit: i,
+            });
+        }
+    }
+    let mut best: Option<MultiDecision> = None;
+    for i in 0..n_limits {
+        let decision = acquire(i, n)?;
+        if decision.is_denied() {
+            for j in 0..i {
+                refund(j, n);
+            }
+            return Ok(MultiDecision { decision, limit: i });
+        }
+        if best.is_none_or(|b| decision.remaining() < b.decision.remaining()) {
+            best = Some(MultiDecision { decision, limit: i });
+        }
+    }
+    // `n_limits >= 1` (the constructors take a first limit), so `best` is set.
+    Ok(best.unwrap_or_else(|| unreachable!("at least one limit")))
+}
+
+/// One subject under several limits, each a [`TokenBucket`] on one shared clock.
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::{Limit, ManualClock, MultiBucket};
+///
+/// let clock = ManualClock::new();
+/// let limits = MultiBucket::with_clock(Limit::per_second(10)?, [Limit::per_hour(12)?], clock.clone());
+/// for _ in 0..10 {
+///     assert!(limits.check().is_allowed());
+/// }
+/// let d = limits.check();
+/// assert!(!d.is_allowed());
+/// assert_eq!(d.limit, 0); // the per-second limit denied
+/// clock.advance(Duration::from_secs(1));
+/// assert!(limits.check().is_allowed());
+/// assert!(limits.check().is_allowed());
+/// let d = limits.check();
+/// assert_eq!(d.limit, 1); // now the hourly one
+/// # Ok::<(), tollgate::LimitError>(())
+/// ```
+pub struct MultiBucket<C: Clock = DefaultClock> {
+    buckets: Box<[TokenBucket<C>]>,
+}
+
+impl MultiBucket<DefaultClock> {
+    /// Buckets for `first` and `more` on the default clock.
+    pub fn new(first: Limit, more: impl IntoIterator<Item = Limit>) -> Self {
+        MultiBucket::with_clock(first, more, DefaultClock::new())
+    }
+}
+
+impl<C: Clock + Clone> MultiBucket<C> {
+    /// Buckets for `first` and `more` on `clock` (one clone each).
+    pub fn with_clock(first: Limit, more: impl IntoIterator<Item = Limit>, clock: C) -> Self {
+        MultiBucket {
+            buckets: std::iter::once(first)
+                .chain(more)
+                .map(|l| TokenBucket::with_clock(l, clock.clone()))
+                .collect(),
+        }
+    }
+}
+
+impl<C: Clock> MultiBucket<C> {
+    /// Takes `n` tokens from every limit, or from none.
+    ///
+    /// # Errors
+    /// [`InsufficientCapacity`] when `n` exceeds some limit's capacity (nothing taken).
+    pub fn try_acquire(&self, n: u64) -> Result<MultiDecision, InsufficientCapacity> {
+        all_or_nothing(
+            self.buckets.len(),
+            n,
+            |i, n| self.buckets[i].try_acquire(n),
+            |i, n| {
+                self.buckets[i].refund(n);
+            },
+        )
+    }
+
+    /// Takes one token from every limit, or from none.
+    pub fn check(&self) -> MultiDecision {
+        match self.try_acquire(1) {
+            Ok(d) => d,
+            Err(_) => unreachable!("capacities are at least 1"),
+        }
+    }
+
+    /// The buckets, in the order of the limits.
+    pub fn buckets(&self) -> &[TokenBucket<C>] {
+        &self.buckets
+    }
+}
+
+/// Keys under several limits: one [`KeyedLimiter`] per limit (one lookup per limit).
+///
+/// ```
+/// use tollgate::{Limit, MultiKeyedLimiter};
+/// let limits: MultiKeyedLimiter<String> =
+///     MultiKeyedLimiter::new(Limit::per_second(5)?, [Limit::per_hour(100)?]);
+/// assert!(limits.check_key("alice").is_allowed());
+/// # Ok::<(), tollgate::LimitError>(())
+/// ```
+pub struct MultiKeyedLimiter<K, S = KeyHasher> {
+    limiters: Box<[KeyedLimiter<K, S>]>,
+}
+
+impl<K: Hash + Eq> MultiKeyedLimiter<K, KeyHasher> {
+    /// One keyed limiter per limit (`first`, then `more`), with the defaults.
+    pub fn new(first: Limit, more: impl IntoIterator<Item = Limit>) -> Self {
+        MultiKeyedLimiter::from_limiters(
+            KeyedLimiter::new(first),
+            more.into_iter().map(KeyedLimiter::new),
+        )
+    }
+}
+
+impl<K: Hash + Eq, S: BuildHasher> MultiKeyedLimiter<K, S> {
+    /// From keyed limiters built as wanted (clock, eviction, cap...).
+    pub fn from_limiters(
+        first: KeyedLimiter<K, S>,
+        more: impl IntoIterator<Item = KeyedLimiter<K, S>>,
+    ) -> Self {
+        MultiKeyedLimiter {
+            limiters: std::iter::once(first).chain(more).collect(),
+        }
+    }
+
+    /// Takes `n` tokens from every limit of `key`, or from none.
+    ///
+    /// # Errors
+    /// [`InsufficientCapacity`] when `n` exceeds some limit's capacity.
+    pub fn try_acquire_key<Q>(&self, key: &Q, n: u64) -> Result<MultiDecision, InsufficientCapacity>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        all_or_nothing(
+            self.limiters.len(),
+            n,
+            |i, n| {
+                if n == 0 {
+                    Ok(self.limiters[i].snapshot_key(key))
+                } else {
+                    self.limiters[i].try_acquire_key(key, n)
+                }
+            },
+            |i, n| {
+                self.limiters[i].refund_key(key, n);
+            },
+        )
+    }
+
+    /// Takes one token from every limit of `key`, or from none.
+    pub fn check_key<Q>(&self, key: &Q) -> MultiDecision
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        match self.try_acquire_key(key, 1) {
+            Ok(d) => d,
+            Err(_) => unreachable!("capacities are at least 1"),
+        }
+    }
+
+    /// The limiters, in the order of the limits.
+    pub fn limiters(&self) -> &[KeyedLimiter<K, S>] {
+        &self.limiters
+    }
+}
