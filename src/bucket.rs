@@ -6,7 +6,9 @@ use crate::clock::{Clock, DefaultClock};
 use crate::decision::{Decision, InsufficientCapacity};
 use crate::limit::Limit;
 use crate::state::{self, Steps, TOMBSTONE};
-use crate::sync::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 
 /// The atomic word of one bucket, shared by [`TokenBucket`] and the keyed limiter.
 #[derive(Debug)]
@@ -85,6 +87,12 @@ impl Cell {
         }
     }
 
+    /// Sets the word of a cell nobody else can see yet.
+    pub(crate) fn set(&self, word: u64) {
+        // Relaxed: the cell is published afterwards by a Release store.
+        self.0.store(word, Ordering::Relaxed);
+    }
+
     /// Current word (for eviction checks).
     #[inline]
     pub(crate) fn load(&self) -> u64 {
@@ -116,12 +124,55 @@ impl Cell {
 /// # Ok::<(), tollgate::LimitError>(())
 /// ```
 pub struct TokenBucket<C: Clock = DefaultClock> {
-    steps: Steps,
+    /// The node calls use: 0 is `first`, `i > 0` is `later[i - 1]`.
+    current: AtomicUsize,
+    first: Node,
+    /// Nodes of later limits (`set_limit`), allocated at the first reconfiguration. A node,
+    /// once published, lives as long as the bucket: a call may still be using it.
+    later: OnceLock<Box<[OnceLock<Box<Node>>]>>,
+    /// Serializes reconfigurations.
+    reconfig: Mutex<()>,
     epoch: u64,
     clock: C,
+}
+
+/// One limit of a bucket and the word kept under it.
+struct Node {
+    steps: Steps,
     limit: Limit,
     cell: CachePadded<Cell>,
 }
+
+/// How many times a bucket's limit can be replaced (see [`TokenBucket::set_limit`]).
+pub const MAX_RECONFIGURATIONS: usize = 255;
+
+/// What a bucket's tokens become when its limit is replaced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Inherit {
+    /// The same number of tokens, capped at the new capacity. The default.
+    #[default]
+    Keep,
+    /// The same fraction of the capacity, rounded down (never in the caller's favour).
+    Proportional,
+    /// A full bucket under the new limit.
+    Reset,
+}
+
+/// Why [`TokenBucket::set_limit`] did not replace the limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TooManyReconfigurations;
+
+impl std::fmt::Display for TooManyReconfigurations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "this bucket's limit was already replaced {MAX_RECONFIGURATIONS} times; build a new \
+             bucket"
+        )
+    }
+}
+
+impl std::error::Error for TooManyReconfigurations {}
 
 impl TokenBucket<DefaultClock> {
     /// A full bucket on the default clock ([`CoarseClock`](crate::CoarseClock)).
@@ -148,12 +199,39 @@ impl<C: Clock> TokenBucket<C> {
         let steps = *limit.steps();
         let epoch = clock.now();
         TokenBucket {
-            steps,
+            current: AtomicUsize::new(0),
+            first: Node {
+                steps,
+                limit,
+                cell: CachePadded::new(Cell::full(&steps, 0)),
+            },
+            later: OnceLock::new(),
+            reconfig: Mutex::new(()),
             epoch,
             clock,
-            limit,
-            cell: CachePadded::new(Cell::full(&steps, 0)),
         }
+    }
+
+    /// The node calls use now.
+    #[inline(always)]
+    fn node(&self) -> &Node {
+        // Acquire: pairs with the Release in `set_limit`, so the node's word, written before
+        // the index, is seen.
+        match self.current.load(Ordering::Acquire) {
+            0 => &self.first,
+            i => self.later_node(i),
+        }
+    }
+
+    /// Node `i > 0` (a reconfigured bucket).
+    #[cold]
+    #[inline(never)]
+    fn later_node(&self, i: usize) -> &Node {
+        self.later
+            .get()
+            .and_then(|later| later.get(i - 1))
+            .and_then(OnceLock::get)
+            .map_or(&self.first, |node| node)
     }
 
     /// Takes `n` tokens if they are there; otherwise consumes nothing. `n == 0` is a peek:
@@ -171,25 +249,43 @@ impl<C: Clock> TokenBucket<C> {
     /// # Errors
     /// [`InsufficientCapacity`] when `n` exceeds the capacity: such a request can never be
     /// granted. Nothing changes.
-    #[inline]
+    #[inline(always)]
     pub fn try_acquire(&self, n: u64) -> Result<Decision, InsufficientCapacity> {
-        if n > self.steps.cap {
-            return Err(InsufficientCapacity {
-                requested: n,
-                capacity: self.steps.cap,
-            });
-        }
-        Ok(self.take(n))
+        self.take(n)
     }
 
-    /// `n <= C`.
     #[inline(always)]
-    fn take(&self, n: u64) -> Decision {
+    fn take(&self, n: u64) -> Result<Decision, InsufficientCapacity> {
         let now = self.clock.now();
-        match self.cell.acquire(&self.steps, n, now, self.epoch) {
-            Some(d) => d,
-            // A lone bucket is never evicted.
-            None => unreachable!("a TokenBucket is never tombstoned"),
+        let node = self.node();
+        if n > node.steps.cap {
+            return Err(InsufficientCapacity {
+                requested: n,
+                capacity: node.steps.cap,
+            });
+        }
+        match node.cell.acquire(&node.steps, n, now, self.epoch) {
+            Some(d) => Ok(d),
+            None => self.take_after_seal(n, now),
+        }
+    }
+
+    /// The word was sealed: `set_limit` is publishing the next node; wait for it and retry.
+    #[cold]
+    #[inline(never)]
+    fn take_after_seal(&self, n: u64, now: u64) -> Result<Decision, InsufficientCapacity> {
+        loop {
+            crate::sync::yield_now();
+            let node = self.node();
+            if n > node.steps.cap {
+                return Err(InsufficientCapacity {
+                    requested: n,
+                    capacity: node.steps.cap,
+                });
+            }
+            if let Some(d) = node.cell.acquire(&node.steps, n, now, self.epoch) {
+                return Ok(d);
+            }
         }
     }
 
@@ -201,10 +297,13 @@ impl<C: Clock> TokenBucket<C> {
     /// assert!(bucket.check().is_allowed());
     /// # Ok::<(), tollgate::LimitError>(())
     /// ```
-    #[inline]
+    #[inline(always)]
     pub fn check(&self) -> Decision {
-        // Capacity is at least 1.
-        self.take(1)
+        // Capacity is at least 1, under every limit.
+        match self.take(1) {
+            Ok(d) => d,
+            Err(_) => unreachable!("capacity is at least 1"),
+        }
     }
 
     /// The bucket as it is now, consuming nothing: a peek (`try_acquire(0)`).
@@ -218,7 +317,10 @@ impl<C: Clock> TokenBucket<C> {
     /// ```
     #[inline]
     pub fn snapshot(&self) -> Decision {
-        self.take(0)
+        match self.take(0) {
+            Ok(d) => d,
+            Err(_) => unreachable!("0 never exceeds the capacity"),
+        }
     }
 
     /// Gives `n` tokens back (capped at the capacity), for work that turned out not to need
@@ -287,17 +389,92 @@ impl<C: Clock> TokenBucket<C> {
         Ok(crate::Reservation::new(self, n, d))
     }
 
-    fn update(&self, n: u64, op: impl Fn(&Steps, u64, u64, u64) -> state::Outcome) -> Decision {
+    fn update(
+        &self,
+        n: u64,
+        op: impl Fn(&Steps, u64, u64, u64) -> state::Outcome + Copy,
+    ) -> Decision {
         let now = self.clock.now();
-        match self.cell.update(&self.steps, now, self.epoch, n, op) {
-            Some(d) => d,
-            None => unreachable!("a TokenBucket is never tombstoned"),
+        loop {
+            let node = self.node();
+            if let Some(d) = node.cell.update(&node.steps, now, self.epoch, n, op) {
+                return d;
+            }
+            crate::sync::yield_now();
         }
     }
 
-    /// The limit this bucket enforces.
+    /// Replaces the limit while calls go on, atomically: every call is decided wholly under
+    /// the old limit or wholly under the new one. The tokens carry over as `inherit` says;
+    /// refills under the new limit count from the step of this call. Calls that race the swap
+    /// wait the few instructions it takes. At most [`MAX_RECONFIGURATIONS`] per bucket (each
+    /// replaced limit is kept, about 200 bytes, until the bucket drops: a call may still use it).
+    ///
+    /// ```
+    /// use tollgate::{Inherit, Limit, TokenBucket};
+    /// let bucket = TokenBucket::new(Limit::per_hour(10)?);
+    /// bucket.try_acquire(4).unwrap();
+    /// let d = bucket.set_limit(Limit::per_hour(100)?, Inherit::Proportional).unwrap();
+    /// assert_eq!(d.remaining(), 60);
+    /// assert_eq!(bucket.limit().capacity(), 100);
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`TooManyReconfigurations`] after [`MAX_RECONFIGURATIONS`] replacements (the limit is
+    /// unchanged).
+    pub fn set_limit(
+        &self,
+        limit: Limit,
+        inherit: Inherit,
+    ) -> Result<Decision, TooManyReconfigurations> {
+        let _serial = self.reconfig.lock().unwrap_or_else(|p| p.into_inner());
+        // Relaxed: reconfigurations are serialized by the lock, which orders this load.
+        let index = self.current.load(Ordering::Relaxed);
+        if index >= MAX_RECONFIGURATIONS {
+            return Err(TooManyReconfigurations);
+        }
+        let later = self
+            .later
+            .get_or_init(|| (0..MAX_RECONFIGURATIONS).map(|_| OnceLock::new()).collect());
+        let old = self.node();
+        let steps = *limit.steps();
+        // Prepared before the seal, so calls wait only for the arithmetic below.
+        let node = Box::new(Node {
+            steps,
+            limit,
+            cell: CachePadded::new(Cell::full(&steps, 0)),
+        });
+        let now = self.clock.now();
+        let t = now.saturating_sub(self.epoch);
+        // Seal the old word: from here no call can change it, and its state is final.
+        let word = loop {
+            let word = old.cell.load();
+            if old.cell.tombstone(word) {
+                break word;
+            }
+        };
+        let (tokens, _, _) = old.steps.refill(word, old.steps.step_index(t));
+        let tokens = match inherit {
+            Inherit::Keep => tokens.min(steps.cap),
+            Inherit::Proportional => {
+                (u128::from(tokens) * u128::from(steps.cap) / u128::from(old.steps.cap)) as u64
+            }
+            Inherit::Reset => steps.cap,
+        };
+        let k = steps.step_index(t);
+        let word = steps.word(tokens, k);
+        node.cell.set(word);
+        let out = state::step(&steps, word, k, 0);
+        let _ = later[index].set(node);
+        // Release: publishes the node (and its word) with the index.
+        self.current.store(index + 1, Ordering::Release);
+        Ok(Decision::new(&steps, &out, 0, now, self.epoch))
+    }
+
+    /// The limit this bucket enforces now.
     pub fn limit(&self) -> &Limit {
-        &self.limit
+        &self.node().limit
     }
 
     /// The clock this bucket reads.
@@ -309,8 +486,8 @@ impl<C: Clock> TokenBucket<C> {
 impl<C: Clock> std::fmt::Debug for TokenBucket<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenBucket")
-            .field("limit", &self.limit)
-            .field("word", &self.cell.load())
+            .field("limit", &self.node().limit)
+            .field("word", &self.node().cell.load())
             .finish()
     }
 }

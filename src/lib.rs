@@ -55,7 +55,7 @@ mod sync;
 #[cfg(feature = "tokio")]
 mod wait;
 
-pub use bucket::TokenBucket;
+pub use bucket::{Inherit, TokenBucket, TooManyReconfigurations, MAX_RECONFIGURATIONS};
 pub use clock::{
     Clock, CoarseClock, DefaultClock, ManualClock, MonotonicClock, COARSE_UPKEEP_INTERVAL,
 };

@@ -233,7 +233,6 @@ impl Steps {
     }
 
     /// The word of a bucket holding `tokens` (<= C) marked at step `mark`.
-    #[cfg(feature = "redis")]
     pub(crate) fn word(&self, tokens: u64, mark: u64) -> u64 {
         self.pack(mark, tokens.min(self.cap))
     }

@@ -372,3 +372,82 @@ fn multi_limits_are_all_or_nothing() {
     assert_eq!(keyed.limiters()[1].snapshot_key("a").remaining(), 8);
     assert!(keyed.check_key("b").is_allowed(), "keys are independent");
 }
+
+#[test]
+fn set_limit_carries_tokens_over_by_policy() {
+    use tollgate::{Inherit, MAX_RECONFIGURATIONS};
+    let (b, clock) = bucket(10, 1, Duration::from_secs(1));
+    b.try_acquire(6).unwrap(); // 4 left
+    let d = b
+        .set_limit(
+            Limit::new(20, 2, Duration::from_secs(1)).unwrap(),
+            Inherit::Keep,
+        )
+        .unwrap();
+    assert_eq!((d.limit(), d.remaining()), (20, 4));
+    assert_eq!(b.limit().capacity(), 20);
+    let d = b
+        .set_limit(
+            Limit::new(5, 1, Duration::from_secs(1)).unwrap(),
+            Inherit::Proportional,
+        )
+        .unwrap();
+    assert_eq!(d.remaining(), 1, "4/20 of 5 is 1 (rounded down)");
+    assert!(b.try_acquire(6).is_err(), "above the new capacity");
+    let d = b
+        .set_limit(
+            Limit::new(3, 3, Duration::from_secs(2)).unwrap(),
+            Inherit::Keep,
+        )
+        .unwrap();
+    assert_eq!(d.remaining(), 1);
+    // Refills follow the new limit from the step of the change: 3 per 2 s.
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(b.snapshot().remaining(), 3);
+    b.try_acquire(3).unwrap();
+    assert_eq!(
+        b.set_limit(*b.limit(), Inherit::Reset).unwrap().remaining(),
+        3
+    );
+    for _ in 4..MAX_RECONFIGURATIONS {
+        b.set_limit(*b.limit(), Inherit::Keep).unwrap();
+    }
+    assert!(b.set_limit(*b.limit(), Inherit::Keep).is_err());
+    assert_eq!(
+        b.snapshot().remaining(),
+        3,
+        "a refused change changes nothing"
+    );
+}
+
+#[test]
+fn set_limit_under_load_never_invents_tokens() {
+    use tollgate::Inherit;
+    let (b, _clock) = bucket(1_000, 1, Duration::from_secs(3600));
+    let granted = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| {
+                for _ in 0..2_000 {
+                    if b.check().is_allowed() {
+                        granted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        s.spawn(|| {
+            for i in 0..200 {
+                let cap = if i % 2 == 0 { 2_000 } else { 1_000 };
+                b.set_limit(
+                    Limit::new(cap, 1, Duration::from_secs(3600)).unwrap(),
+                    Inherit::Keep,
+                )
+                .unwrap();
+            }
+        });
+    });
+    // Keep never adds tokens and no time passes: at most the 1,000 there were.
+    let granted = granted.into_inner();
+    let left = b.snapshot().remaining();
+    assert_eq!(granted + left, 1_000, "granted {granted}, left {left}");
+}

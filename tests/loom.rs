@@ -101,6 +101,30 @@ fn refund_racing_acquire() {
     });
 }
 
+/// A limit change (capacity 2 to 3, keeping tokens) racing an acquire: the acquire is decided
+/// wholly under one limit, and its token is neither lost nor counted twice.
+#[test]
+fn set_limit_racing_acquire() {
+    loom::model(|| {
+        let (b, _clock) = bucket(2);
+        let b1 = b.clone();
+        let changer = thread::spawn(move || {
+            let three = Limit::new(3, 1, Duration::from_secs(1)).unwrap();
+            b1.set_limit(three, tollgate::Inherit::Keep).unwrap();
+        });
+        let b2 = b.clone();
+        let taker = thread::spawn(move || b2.check());
+        changer.join().unwrap();
+        let d = taker.join().unwrap();
+        assert!(d.is_allowed(), "a token was there under either limit");
+        assert!(matches!(d.limit(), 2 | 3), "decided under one limit");
+        // Either order leaves 2 - 1 = 1: the change keeps what the acquire left, or the
+        // acquire takes from what the change kept.
+        assert_eq!(b.snapshot().remaining(), 1);
+        assert_eq!(b.limit().capacity(), 3);
+    });
+}
+
 mod keyed {
     use super::*;
     use tollgate::KeyedLimiter;
