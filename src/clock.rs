@@ -144,7 +144,11 @@ fn start_upkeep() -> bool {
 /// use tollgate::{Clock, CoarseClock};
 /// let clock = CoarseClock::new();
 /// let a = clock.now();
-/// std::thread::sleep(std::time::Duration::from_millis(5));
+/// // The upkeep thread moves it about every millisecond.
+/// let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+/// while clock.now() == a && std::time::Instant::now() < deadline {
+///     std::thread::sleep(std::time::Duration::from_millis(1));
+/// }
 /// assert!(clock.now() > a);
 /// ```
 #[derive(Clone, Debug)]
