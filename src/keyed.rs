@@ -584,7 +584,10 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     }
 
     /// `key`'s bucket as it is now, consuming nothing and creating nothing (a key without a
-    /// bucket is full).
+    /// bucket is full). Because nothing is stored for a new key, a later call whose clock reads
+    /// earlier than this one (a stale reading) sees a fresh bucket marked at its own step; for
+    /// SPEC's exact peek, which records the new bucket, use `try_acquire_key(key, 0)`. The same
+    /// holds for `refund_key`, `add_tokens_key` and `reset_key` on a key without a bucket.
     ///
     /// ```
     /// use tollgate::{KeyedLimiter, Limit};

@@ -189,13 +189,9 @@ impl<K: Hash + Eq, S: BuildHasher> MultiKeyedLimiter<K, S> {
         all_or_nothing(
             self.limiters.len(),
             n,
-            |i, n| {
-                if n == 0 {
-                    Ok(self.limiters[i].snapshot_key(key))
-                } else {
-                    self.limiters[i].try_acquire_key(key, n)
-                }
-            },
+            // The peek is `try_acquire_key(key, 0)`, SPEC's exact peek (it records a new key's
+            // bucket, whose mark later stale readings must see).
+            |i, n| self.limiters[i].try_acquire_key(key, n),
             |i, n| {
                 self.limiters[i].refund_key(key, n);
             },
