@@ -5,7 +5,7 @@ use crossbeam_utils::CachePadded;
 use crate::clock::{Clock, DefaultClock};
 use crate::decision::{Decision, InsufficientCapacity};
 use crate::limit::Limit;
-use crate::state::{self, Steps, TOMBSTONE};
+use crate::state::{self, Steps, SEALED, TOMBSTONE};
 use std::sync::{Mutex, OnceLock};
 
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
@@ -26,7 +26,7 @@ impl Cell {
     }
 
     /// Refill to the step of clock reading `now` and try to take `n <= C` tokens. `None` when
-    /// the cell is a tombstone (the caller looks the key up again). Lock-free: a failed CAS
+    /// the cell is a tombstone or sealed (the caller looks the key up again). Lock-free: a failed CAS
     /// retries from the value it returned; a denial or a peek stores nothing unless it is the
     /// first to see a new step.
     #[inline(always)]
@@ -36,7 +36,7 @@ impl Cell {
         let mut word = self.0.load(Ordering::Relaxed);
         let k = steps.step_index_near(now.saturating_sub(epoch), word);
         loop {
-            if word == TOMBSTONE {
+            if state::is_dead(word) {
                 return None;
             }
             let out = state::step(steps, word, k, n);
@@ -55,7 +55,7 @@ impl Cell {
     }
 
     /// Applies `op` (a pure step on the word) at the step of `now` with a CAS loop, like
-    /// `acquire`. `None` on a tombstone.
+    /// `acquire`. `None` on a tombstone or a seal.
     #[inline]
     pub(crate) fn update(
         &self,
@@ -69,7 +69,7 @@ impl Cell {
         let mut word = self.0.load(Ordering::Relaxed);
         let k = steps.step_index_near(now.saturating_sub(epoch), word);
         loop {
-            if word == TOMBSTONE {
+            if state::is_dead(word) {
                 return None;
             }
             let out = op(steps, word, k, n);
@@ -106,6 +106,15 @@ impl Cell {
         // removal that follows is ordered by the map itself.
         self.0
             .compare_exchange(expected, TOMBSTONE, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Replaces `expected` with the seal (the keyed limiter's migration to a new limit); false
+    /// when the word changed meanwhile.
+    pub(crate) fn seal(&self, expected: u64) -> bool {
+        // Relaxed: as for the tombstone; the replacement entry is published by the map.
+        self.0
+            .compare_exchange(expected, SEALED, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
     }
 }
@@ -196,8 +205,14 @@ impl<C: Clock> TokenBucket<C> {
     /// # Ok::<(), tollgate::LimitError>(())
     /// ```
     pub fn with_clock(limit: Limit, clock: C) -> TokenBucket<C> {
-        let steps = *limit.steps();
         let epoch = clock.now();
+        TokenBucket::with_epoch(limit, clock, epoch)
+    }
+
+    /// A full bucket on `clock` with epoch `epoch` (the keyed limiter's overflow bucket shares
+    /// the limiter's).
+    pub(crate) fn with_epoch(limit: Limit, clock: C, epoch: u64) -> TokenBucket<C> {
+        let steps = *limit.steps();
         TokenBucket {
             current: AtomicUsize::new(0),
             first: Node {
@@ -409,6 +424,8 @@ impl<C: Clock> TokenBucket<C> {
     /// refills under the new limit count from the step of this call. Calls that race the swap
     /// wait the few instructions it takes. At most [`MAX_RECONFIGURATIONS`] per bucket (each
     /// replaced limit is kept, about 200 bytes, until the bucket drops: a call may still use it).
+    /// Setting the limit already in force with [`Inherit::Keep`] or [`Inherit::Proportional`]
+    /// changes nothing and does not count (a configuration reload may call this freely).
     ///
     /// ```
     /// use tollgate::{Inherit, Limit, TokenBucket};
@@ -429,6 +446,10 @@ impl<C: Clock> TokenBucket<C> {
         inherit: Inherit,
     ) -> Result<Decision, TooManyReconfigurations> {
         let _serial = self.reconfig.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.node();
+        if limit == old.limit && inherit != Inherit::Reset {
+            return Ok(self.snapshot());
+        }
         // Relaxed: reconfigurations are serialized by the lock, which orders this load.
         let index = self.current.load(Ordering::Relaxed);
         if index >= MAX_RECONFIGURATIONS {
@@ -437,7 +458,6 @@ impl<C: Clock> TokenBucket<C> {
         let later = self
             .later
             .get_or_init(|| (0..MAX_RECONFIGURATIONS).map(|_| OnceLock::new()).collect());
-        let old = self.node();
         let steps = *limit.steps();
         // Prepared before the seal, so calls wait only for the arithmetic below.
         let node = Box::new(Node {
@@ -454,17 +474,9 @@ impl<C: Clock> TokenBucket<C> {
                 break word;
             }
         };
-        let (tokens, _, _) = old.steps.refill(word, old.steps.step_index(t));
-        let tokens = match inherit {
-            Inherit::Keep => tokens.min(steps.cap),
-            Inherit::Proportional => {
-                (u128::from(tokens) * u128::from(steps.cap) / u128::from(old.steps.cap)) as u64
-            }
-            Inherit::Reset => steps.cap,
-        };
-        let k = steps.step_index(t);
-        let word = steps.word(tokens, k);
+        let word = state::convert_word(&old.steps, word, t, &steps, inherit);
         node.cell.set(word);
+        let k = steps.step_index(t);
         let out = state::step(&steps, word, k, 0);
         let _ = later[index].set(node);
         // Release: publishes the node (and its word) with the index.

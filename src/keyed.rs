@@ -23,16 +23,17 @@ use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
-use crate::bucket::Cell;
+use crate::bucket::{Cell, Inherit, TokenBucket, TooManyReconfigurations};
 use crate::clock::{AnyClock, Clock, DefaultClock};
 use crate::decision::{Decision, InsufficientCapacity};
 use crate::limit::Limit;
 use crate::map::{Hashed, Pinned, Probe, ShardMap};
-use crate::state::{self, Steps};
+use crate::state::{self, Steps, TOMBSTONE};
 
 /// The default key hasher: foldhash, fast, with a random seed per limiter, so nobody can
 /// precompute keys that collide (hash flooding).
@@ -43,6 +44,10 @@ const FLUSH_EVERY: usize = 1024;
 
 /// The least number of new-key attempts between two automatic sweeps of a shard.
 const MIN_SWEEP_EVERY: usize = 64;
+
+/// How many limits a keyed limiter can ever hold: its tiers plus every limit change (the slot
+/// of a key's limit is kept in 8 bits of its stored hash).
+const MAX_SLOTS: usize = 256;
 
 /// What a keyed limiter does with a new key when it already holds `max_keys` keys (and a sweep
 /// of the key's shard found nothing to evict).
@@ -68,12 +73,43 @@ struct Shard<K> {
     swept_at: AtomicU64,
 }
 
+/// Why [`KeyedLimiter::set_tier_limit`] did not change a limit (nothing changed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetLimitError {
+    /// The limiter has no tier `tier` (it has `tiers`: 0 ..= `tiers - 1`).
+    UnknownTier {
+        /// The tier asked for.
+        tier: usize,
+        /// How many tiers the limiter has.
+        tiers: usize,
+    },
+    /// The limiter already holds its 256 limits: its tiers plus every change so far.
+    TooManyReconfigurations,
+}
+
+impl std::fmt::Display for SetLimitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SetLimitError::UnknownTier { tier, tiers } => {
+                write!(f, "no tier {tier}: this limiter has {tiers} tier(s)")
+            }
+            SetLimitError::TooManyReconfigurations => write!(
+                f,
+                "this limiter already holds {MAX_SLOTS} limits (its tiers and every change); \
+                 build a new limiter"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SetLimitError {}
+
 /// What a first touch found.
 enum Touch<'p> {
     /// This call inserted the key's bucket, already charged with its request.
     Inserted(Decision),
-    /// The key was there (another thread inserted it): its tier and cell.
-    Existing(usize, &'p Cell),
+    /// The key was there (another thread inserted it): look it up again.
+    Existing(PhantomData<&'p Cell>),
     /// No room: the key cap is reached.
     Full,
     /// More tokens than the key's tier holds.
@@ -100,14 +136,23 @@ pub struct KeyedLimiter<K, S = KeyHasher> {
     shards: Box<[CachePadded<Shard<K>>]>,
     shard_mask: u64,
     hasher: S,
-    /// The limits keys can have; tier 0 is the builder's limit.
-    tiers: Box<[Tier]>,
+    /// The limits keys are under (slots): first the tiers, tier 0 being the builder's limit.
+    first: Box<[Tier]>,
+    /// Slots added by limit changes, allocated at the first change. A slot, once published,
+    /// lives as long as the limiter: entries may still name it.
+    later: OnceLock<Box<[OnceLock<Box<Tier>>]>>,
+    /// The slot in force for each tier.
+    current: Box<[crate::sync::AtomicUsize]>,
+    /// Serializes limit changes; holds the slots used and the time of the last change.
+    changes: Mutex<(usize, u64)>,
     tier_of: Option<TierFn<K>>,
     clock: AnyClock,
     epoch: u64,
+    ttl_ns: u64,
     max_keys: usize,
     at_capacity: AtCapacity,
-    overflow: Cell,
+    /// The shared bucket of new keys at the key cap; follows tier 0's limit.
+    overflow: TokenBucket<AnyClock>,
     keys: CachePadded<AtomicUsize>,
     idle_ttl: Duration,
     /// Decision counters, when asked for.
@@ -117,12 +162,77 @@ pub struct KeyedLimiter<K, S = KeyHasher> {
 /// Picks a key's tier (an index into the limits) when the key is first seen.
 type TierFn<K> = std::sync::Arc<dyn Fn(&K) -> usize + Send + Sync>;
 
-/// One limit a key can have, with its precomputed arithmetic.
+/// One limit keys can be under (a slot): a tier's limit, or the limit a change gave a tier.
 struct Tier {
     steps: Steps,
     limit: Limit,
     /// Steps a full bucket must have been idle before it may be evicted.
     idle_steps: u64,
+    /// The bucket of a key no call has touched: `fresh_tokens` at step `fresh_mark`, refilling
+    /// from there. Full from the epoch for a tier's first limit; after a change, what the
+    /// change made of the previous slot's untouched bucket (so a key seen for the first time
+    /// and a key whose bucket was evicted are the same as one kept all along).
+    fresh_tokens: u64,
+    fresh_mark: u64,
+    /// The first step at which the untouched bucket is full; eviction waits for it.
+    full_from: u64,
+    /// 0 while in force; `s + 1` once a change replaced this slot by slot `s`.
+    replaced_by: crate::sync::AtomicUsize,
+    /// That change: its time (nanoseconds since the epoch) and policy. Set before
+    /// `replaced_by`.
+    change: OnceLock<(u64, Inherit)>,
+}
+
+impl Tier {
+    fn new(limit: Limit, ttl_ns: u64, fresh: Option<(u64, u64)>) -> Tier {
+        let steps = *limit.steps();
+        let (fresh_tokens, fresh_mark) = fresh.unwrap_or((steps.cap, 0));
+        Tier {
+            steps,
+            limit,
+            idle_steps: steps.step_index(ttl_ns).saturating_add(2),
+            fresh_tokens,
+            fresh_mark,
+            full_from: fresh_mark
+                .saturating_add((steps.cap - fresh_tokens.min(steps.cap)).div_ceil(steps.q)),
+            replaced_by: crate::sync::AtomicUsize::new(0),
+            change: OnceLock::new(),
+        }
+    }
+
+    /// Whether a change replaced this slot (its entries move to the next one on access).
+    #[inline(always)]
+    fn is_replaced(&self) -> bool {
+        // Acquire: pairs with the Release in `set_tier_limit`, so `change` and the next slot
+        // are seen.
+        self.replaced_by.load(crate::sync::Ordering::Acquire) != 0
+    }
+
+    /// The untouched bucket at step `k`: (tokens, mark).
+    #[inline]
+    fn fresh(&self, k: u64) -> (u64, u64) {
+        if k >= self.full_from {
+            (self.steps.cap, k.max(self.fresh_mark))
+        } else if k <= self.fresh_mark {
+            (self.fresh_tokens, self.fresh_mark)
+        } else {
+            // Below `full_from`: fewer than C tokens, no overflow.
+            (self.fresh_tokens + (k - self.fresh_mark) * self.steps.q, k)
+        }
+    }
+
+    /// The untouched bucket at step `k`, packed.
+    #[inline]
+    fn fresh_word(&self, k: u64) -> u64 {
+        let (tokens, mark) = self.fresh(k);
+        self.steps.word(tokens, mark)
+    }
+
+    /// Whether a bucket holding `word` may be evicted at step `k`: idle and full long enough,
+    /// and the untouched bucket is full by then too (so the two are the same).
+    fn is_evictable(&self, word: u64, k: u64) -> bool {
+        self.steps.is_evictable(word, k, self.idle_steps) && k - self.idle_steps >= self.full_from
+    }
 }
 
 /// Builds a [`KeyedLimiter`]. From [`KeyedLimiter::builder`].
@@ -256,16 +366,9 @@ impl<K, S> KeyedLimiterBuilder<K, S> {
             .idle_ttl
             .unwrap_or_else(|| self.limit.time_to_fill().max(Duration::from_secs(1)));
         let ttl_ns = u64::try_from(idle_ttl.as_nanos()).unwrap_or(u64::MAX);
-        let tiers: Box<[Tier]> = std::iter::once(self.limit)
+        let first: Box<[Tier]> = std::iter::once(self.limit)
             .chain(self.tiers)
-            .map(|limit| {
-                let steps = *limit.steps();
-                Tier {
-                    steps,
-                    limit,
-                    idle_steps: steps.step_index(ttl_ns).saturating_add(2),
-                }
-            })
+            .map(|limit| Tier::new(limit, ttl_ns, None))
             .collect();
         let shards = self
             .shards
@@ -290,11 +393,17 @@ impl<K, S> KeyedLimiterBuilder<K, S> {
                 .collect(),
             shard_mask: shards as u64 - 1,
             hasher: self.hasher,
-            overflow: Cell::full(&tiers[0].steps, 0),
-            tiers,
+            overflow: TokenBucket::with_epoch(self.limit, clock.clone(), epoch),
+            current: (0..first.len())
+                .map(crate::sync::AtomicUsize::new)
+                .collect(),
+            changes: Mutex::new((first.len(), 0)),
+            first,
+            later: OnceLock::new(),
             tier_of: self.tier_of,
             clock,
             epoch,
+            ttl_ns,
             max_keys,
             at_capacity,
             keys: CachePadded::new(AtomicUsize::new(0)),
@@ -390,15 +499,20 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         let probe = Probe { hash, key };
         let pinned = shard.map.pin();
         loop {
-            let (tier, cell) = match pinned.get(&probe) {
-                Some((tier, cell)) => (self.tier(tier), cell),
+            let (slot, cell) = match pinned.get(&probe) {
+                Some(found) => found,
                 None => match self.first_touch(shard, &pinned, &probe, n, now) {
                     Touch::Inserted(d) => return Ok(d),
-                    Touch::Existing(tier, cell) => (self.tier(tier), cell),
+                    Touch::Existing(_) => continue,
                     Touch::Full => return Ok(self.at_capacity(n, now)),
                     Touch::TooMany(e) => return Err(e),
                 },
             };
+            let tier = self.tier(slot);
+            if tier.is_replaced() {
+                self.migrate(&pinned, &probe, slot, cell);
+                continue;
+            }
             if n > tier.steps.cap {
                 return Err(InsufficientCapacity {
                     requested: n,
@@ -408,27 +522,74 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
             if let Some(d) = cell.acquire(&tier.steps, n, now, self.epoch) {
                 return Ok(d);
             }
-            // A tombstone: the bucket is being evicted. Help remove it, then look again.
-            if pinned.remove_tombstoned(&probe) {
+            self.dead(&pinned, &probe, cell);
+        }
+    }
+
+    /// The tier of a key seen for the first time.
+    fn tier_of(&self, key: &K) -> usize {
+        match &self.tier_of {
+            Some(f) => Some(f(key))
+                .filter(|&t| t < self.current.len())
+                .unwrap_or(0),
+            None => 0,
+        }
+    }
+
+    /// A call met a dead cell: a tombstone (the bucket is being evicted: help remove it) or a
+    /// seal (another call is moving the bucket to a new limit: let it finish). The caller then
+    /// looks the key up again.
+    #[cold]
+    #[inline(never)]
+    fn dead<Q>(&self, pinned: &Pinned<'_, K>, probe: &Probe<'_, Q>, cell: &Cell)
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        if cell.load() == TOMBSTONE {
+            if pinned.remove_tombstoned(probe) {
                 self.removed(1);
+            }
+        } else {
+            crate::sync::yield_now();
+        }
+    }
+
+    /// The key's entry is under a replaced slot: seal its cell (so no call changes it, and
+    /// nobody removes it), convert the word through every change since, and put an entry under
+    /// the slot in force in its place. Calls on the key meanwhile wait for the replacement.
+    #[cold]
+    #[inline(never)]
+    fn migrate<Q>(&self, pinned: &Pinned<'_, K>, probe: &Probe<'_, Q>, slot: usize, cell: &Cell)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        loop {
+            let word = cell.load();
+            if state::is_dead(word) {
+                return self.dead(pinned, probe, cell);
+            }
+            if cell.seal(word) {
+                let (slot, word) = self.follow(slot, word);
+                let key = Hashed::new(probe.hash, probe.key.to_owned(), slot as u8);
+                return pinned.replace(key, Cell::new(word));
             }
         }
     }
 
-    /// Tier `i`, or tier 0 when `i` is out of range.
-    #[inline(always)]
-    fn tier(&self, i: usize) -> &Tier {
-        self.tiers.get(i).unwrap_or(&self.tiers[0])
-    }
-
-    /// The tier index of a key seen for the first time.
-    fn tier_of(&self, key: &K) -> u8 {
-        match &self.tier_of {
-            Some(f) => u8::try_from(f(key))
-                .ok()
-                .filter(|&t| usize::from(t) < self.tiers.len())
-                .unwrap_or(0),
-            None => 0,
+    /// A word under slot `slot`, converted through every change since: (slot in force, word).
+    fn follow(&self, mut slot: usize, mut word: u64) -> (usize, u64) {
+        loop {
+            let old = self.tier(slot);
+            // Acquire: as in `Tier::is_replaced`.
+            let next = old.replaced_by.load(crate::sync::Ordering::Acquire);
+            let Some(&(t, inherit)) = old.change.get().filter(|_| next != 0) else {
+                return (slot, word);
+            };
+            let new = self.tier(next - 1);
+            word = state::convert_word(&old.steps, word, t, &new.steps, inherit);
+            slot = next - 1;
         }
     }
 
@@ -449,8 +610,8 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
         let key = probe.key.to_owned();
-        let tier_index = self.tier_of(&key);
-        let tier = self.tier(usize::from(tier_index));
+        let slot = self.current_slot(self.tier_of(&key));
+        let tier = self.tier(slot);
         if n > tier.steps.cap {
             return Touch::TooMany(InsufficientCapacity {
                 requested: n,
@@ -468,12 +629,13 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
             // The key may have been inserted meanwhile by another thread.
             return pinned
                 .get(probe)
-                .map_or(Touch::Full, |(t, cell)| Touch::Existing(t, cell));
+                .map_or(Touch::Full, |_| Touch::Existing(PhantomData));
         }
         let k = tier.steps.step_index(now.saturating_sub(self.epoch));
-        let fresh = tier.steps.full(k);
+        let fresh = tier.fresh_word(k);
         let out = state::step(&tier.steps, fresh, k, n);
-        let stored = Hashed::new(probe.hash, key, tier_index);
+        // A slot index is below `MAX_SLOTS`: it fits the 8 tier bits.
+        let stored = Hashed::new(probe.hash, key, slot as u8);
         match pinned.try_insert_with(stored, || Cell::new(out.write.unwrap_or(fresh))) {
             Ok(_) => {
                 if (len + 1).is_multiple_of(FLUSH_EVERY) {
@@ -482,12 +644,11 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
                 }
                 Touch::Inserted(Decision::new(&tier.steps, &out, n, now, self.epoch))
             }
-            Err(cell) => {
+            Err(_) => {
                 if capped {
                     self.keys.fetch_sub(1, Ordering::Relaxed);
                 }
-                // Same key, same tier (`tier_of` is a function of the key).
-                Touch::Existing(usize::from(tier_index), cell)
+                Touch::Existing(PhantomData)
             }
         }
     }
@@ -508,7 +669,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
             let misses = shard.misses.fetch_add(1, Ordering::Relaxed) + 1;
             let every = (pinned.len() / 8).max(MIN_SWEEP_EVERY);
             let since = shard.swept_at.load(Ordering::Relaxed);
-            if misses < every && k < since.saturating_add(self.tiers[0].idle_steps / 4 + 1) {
+            if misses < every && k < since.saturating_add(self.first[0].idle_steps / 4 + 1) {
                 break;
             }
             self.sweep(shard, pinned, now);
@@ -527,38 +688,41 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         )
     }
 
-    /// The step of clock reading `now` in tier 0 (the overflow bucket's, and sweep pacing's).
+    /// The step of clock reading `now` in tier 0's first limit (sweep pacing's).
     fn step_now(&self, now: u64) -> u64 {
-        self.tiers[0]
+        self.first[0]
             .steps
             .step_index(now.saturating_sub(self.epoch))
     }
 
     #[cold]
     fn at_capacity(&self, n: u64, now: u64) -> Decision {
-        let k = self.step_now(now);
-        let steps = &self.tiers[0].steps;
-        match self.at_capacity {
-            AtCapacity::Overflow => match self.overflow.acquire(steps, n, now, self.epoch) {
-                Some(d) => d,
-                None => unreachable!("the overflow bucket is never evicted"),
-            },
-            AtCapacity::Deny => {
-                let out = state::step(steps, steps.empty(k), k, n.min(steps.cap));
-                Decision::new(steps, &out, n, now, self.epoch)
+        if self.at_capacity == AtCapacity::Overflow {
+            if let Ok(d) = self.overflow.try_acquire(n) {
+                return d;
             }
         }
+        // Deny (or more than tier 0's capacity): as from an empty bucket.
+        let steps = &self.tier(self.current_slot(0)).steps;
+        let k = steps.step_index(now.saturating_sub(self.epoch));
+        let out = state::step(steps, steps.empty(k), k, n.min(steps.cap));
+        Decision::new(steps, &out, n, now, self.epoch)
     }
 
     /// Sweeps one shard at clock reading `now`; returns how many buckets it evicted.
     #[cold]
     fn sweep(&self, shard: &Shard<K>, pinned: &Pinned<'_, K>, now: u64) -> usize {
         let t = now.saturating_sub(self.epoch);
-        let removed = pinned.sweep(|tier, cell| {
-            let tier = self.tier(tier);
+        let removed = pinned.sweep(|slot, cell| {
             let word = cell.load();
+            if state::is_dead(word) {
+                return false;
+            }
+            // Judged under the limit in force (an entry under a replaced slot is converted).
+            let (slot, now_word) = self.follow(slot, word);
+            let tier = self.tier(slot);
             let k = tier.steps.step_index(t);
-            tier.steps.is_evictable(word, k, tier.idle_steps) && cell.tombstone(word)
+            tier.is_evictable(now_word, k) && cell.tombstone(word)
         });
         self.removed(removed);
         // Relaxed: pacing only.
@@ -658,8 +822,10 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     }
 
     /// Applies `op` to `key`'s bucket. `op` never empties a bucket (it adds or fills), so a key
-    /// without a bucket (or one being evicted) is full before and after: the answer is computed
-    /// on a full word and nothing is inserted.
+    /// without a bucket (or one being evicted) whose untouched bucket is full is full before
+    /// and after: the answer is computed on a full word and nothing is inserted. (Only after a
+    /// change that raised the capacity with [`Inherit::Keep`] is an untouched bucket not full
+    /// for a while; then the key's bucket is created first, by an exact peek.)
     fn update_key<Q>(
         &self,
         key: &Q,
@@ -674,16 +840,33 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         let (hash, shard) = self.shard_of(key);
         let probe = Probe { hash, key };
         let pinned = shard.map.pin();
-        if let Some((tier, cell)) = pinned.get(&probe) {
-            let steps = &self.tier(tier).steps;
-            if let Some(d) = cell.update(steps, now, self.epoch, n, op) {
-                return d;
+        let mut peeked = false;
+        loop {
+            if let Some((slot, cell)) = pinned.get(&probe) {
+                let tier = self.tier(slot);
+                if tier.is_replaced() {
+                    self.migrate(&pinned, &probe, slot, cell);
+                    continue;
+                }
+                if let Some(d) = cell.update(&tier.steps, now, self.epoch, n, op) {
+                    return d;
+                }
+                if cell.load() != TOMBSTONE {
+                    crate::sync::yield_now(); // sealed: being moved to a new limit
+                    continue;
+                }
             }
+            let tier = self.tier(self.current_slot(self.tier_of(&key.to_owned())));
+            let k = tier.steps.step_index(now.saturating_sub(self.epoch));
+            let (tokens, _) = tier.fresh(k);
+            if tokens == tier.steps.cap || peeked {
+                let out = op(&tier.steps, tier.fresh_word(k), k, n);
+                return Decision::new(&tier.steps, &out, 0, now, self.epoch);
+            }
+            // Not full: the change must be recorded, so create the bucket and go again.
+            peeked = true;
+            let _ = self.decide(key, 0);
         }
-        let steps = &self.tier(usize::from(self.tier_of(&key.to_owned()))).steps;
-        let k = steps.step_index(now.saturating_sub(self.epoch));
-        let out = op(steps, steps.full(k), k, n);
-        Decision::new(steps, &out, 0, now, self.epoch)
     }
 
     /// Evicts every idle full bucket now (a full pass over all shards); returns how many.
@@ -739,11 +922,6 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         self.len() == 0
     }
 
-    /// The limit every key gets.
-    pub fn limit(&self) -> &Limit {
-        &self.tiers[0].limit
-    }
-
     /// The idle time after which a full bucket may be evicted.
     pub fn idle_ttl(&self) -> Duration {
         self.idle_ttl
@@ -752,6 +930,166 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     /// The number of shards.
     pub fn shards(&self) -> usize {
         self.shards.len()
+    }
+}
+
+/// Limits, and their live changes.
+impl<K, S> KeyedLimiter<K, S> {
+    /// Slot `i` (a tier's limit, or one a change gave it).
+    #[inline(always)]
+    fn tier(&self, i: usize) -> &Tier {
+        match self.first.get(i) {
+            Some(tier) => tier,
+            None => self.later_tier(i),
+        }
+    }
+
+    /// Slot `i` beyond the tiers (added by a change).
+    #[cold]
+    #[inline(never)]
+    fn later_tier(&self, i: usize) -> &Tier {
+        self.later
+            .get()
+            .and_then(|later| later.get(i - self.first.len()))
+            .and_then(OnceLock::get)
+            .map_or(&self.first[0], |tier| tier)
+    }
+
+    /// The slot in force for tier `tier`.
+    #[inline]
+    fn current_slot(&self, tier: usize) -> usize {
+        // Acquire: pairs with the Release in `set_tier_limit`, so the slot is seen.
+        self.current[tier].load(crate::sync::Ordering::Acquire)
+    }
+
+    /// The limit of tier 0 (every key's, without tiers) now.
+    pub fn limit(&self) -> &Limit {
+        &self.tier(self.current_slot(0)).limit
+    }
+
+    /// The limit of tier `tier` now; `None` when there is no such tier.
+    ///
+    /// ```
+    /// use tollgate::{KeyedLimiter, Limit};
+    /// let limiter: KeyedLimiter<u32> = KeyedLimiter::builder(Limit::per_second(1)?)
+    ///     .tiers([Limit::per_second(100)?], |id: &u32| usize::from(*id >= 1_000))
+    ///     .build();
+    /// assert_eq!(limiter.tier_limit(1).unwrap().capacity(), 100);
+    /// assert!(limiter.tier_limit(2).is_none());
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn tier_limit(&self, tier: usize) -> Option<&Limit> {
+        (tier < self.current.len()).then(|| &self.tier(self.current_slot(tier)).limit)
+    }
+
+    /// Replaces tier 0's limit (every key's, without tiers) while calls go on; see
+    /// [`set_tier_limit`](KeyedLimiter::set_tier_limit).
+    ///
+    /// ```
+    /// use tollgate::{Inherit, KeyedLimiter, Limit};
+    /// let limiter: KeyedLimiter<String> = KeyedLimiter::new(Limit::per_minute(10)?);
+    /// limiter.try_acquire_key("alice", 4).unwrap(); // 6 left of 10
+    /// limiter.set_limit(Limit::per_minute(100)?, Inherit::Proportional).unwrap();
+    /// assert_eq!(limiter.snapshot_key("alice").remaining(), 60);
+    /// assert_eq!(limiter.snapshot_key("bob").remaining(), 100); // untouched: full
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`TooManyReconfigurations`] when the limiter already holds its 256 limits (its tiers
+    /// plus every change so far); nothing changes.
+    pub fn set_limit(&self, limit: Limit, inherit: Inherit) -> Result<(), TooManyReconfigurations> {
+        self.set_tier_limit(0, limit, inherit)
+            .map_err(|_| TooManyReconfigurations)
+    }
+
+    /// Replaces tier `tier`'s limit while calls go on, atomically per key: every call on a key
+    /// is decided wholly under the old limit or wholly under the new one, and each bucket's
+    /// tokens carry over as `inherit` says, as if [`TokenBucket::set_limit`] had been called on
+    /// every bucket of the tier at once. Refills under the new limit count from the step of
+    /// this call.
+    ///
+    /// The work is lazy and O(1) here: each key's bucket moves to the new limit the next time
+    /// a call touches it (or a sweep looks at it), converted as of the change's time; calls on
+    /// that one key wait the few instructions the move takes. Eviction stays invisible: a key
+    /// seen for the first time after the change gets what the change made of an untouched
+    /// bucket. That is a full bucket, except after raising the capacity with
+    /// [`Inherit::Keep`]: then an untouched bucket keeps the old capacity's tokens and refills
+    /// from there, exactly like a bucket that was full at the change.
+    ///
+    /// Setting the limit already in force with [`Inherit::Keep`] or [`Inherit::Proportional`]
+    /// changes nothing and does not count. Otherwise each change takes one of the limiter's 256
+    /// limit slots (its tiers take the first ones) for the limiter's life: replaced limits are
+    /// kept (about 250 bytes each) because entries may still name them. A
+    /// [`RateLimitLayer`](crate::http::RateLimitLayer) built earlier keeps sending the
+    /// `RateLimit-Policy` of the limit it was built with.
+    ///
+    /// ```
+    /// use tollgate::{Inherit, KeyedLimiter, Limit};
+    /// let limiter: KeyedLimiter<u32> = KeyedLimiter::builder(Limit::per_minute(10)?)
+    ///     .tiers([Limit::per_minute(100)?], |id: &u32| usize::from(*id >= 1_000))
+    ///     .build();
+    /// limiter.try_acquire_key(&1_001, 30).unwrap(); // a pro key: 70 left of 100
+    /// limiter.set_tier_limit(1, Limit::per_minute(50)?, Inherit::Keep).unwrap();
+    /// assert_eq!(limiter.snapshot_key(&1_001).remaining(), 50); // capped at the new capacity
+    /// assert_eq!(limiter.snapshot_key(&1).remaining(), 10); // tier 0 unchanged
+    /// assert!(limiter.set_tier_limit(2, Limit::per_minute(1)?, Inherit::Keep).is_err());
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`SetLimitError::UnknownTier`] for a tier the limiter does not have;
+    /// [`SetLimitError::TooManyReconfigurations`] when it already holds its 256 limits. Nothing
+    /// changes either way.
+    pub fn set_tier_limit(
+        &self,
+        tier: usize,
+        limit: Limit,
+        inherit: Inherit,
+    ) -> Result<(), SetLimitError> {
+        if tier >= self.current.len() {
+            return Err(SetLimitError::UnknownTier {
+                tier,
+                tiers: self.current.len(),
+            });
+        }
+        let mut changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let (used, last) = *changes;
+        let slot = self.current_slot(tier);
+        let old = self.tier(slot);
+        if limit == old.limit && inherit != Inherit::Reset {
+            return Ok(());
+        }
+        if used >= MAX_SLOTS {
+            return Err(SetLimitError::TooManyReconfigurations);
+        }
+        // Changes are ordered in time even if the clock steps back between them.
+        let t = self.clock.now().saturating_sub(self.epoch).max(last);
+        let (tokens, mark) = old.fresh(old.steps.step_index(t));
+        let fresh = state::convert(&old.steps, tokens, mark, t, limit.steps(), inherit);
+        let later = self.later.get_or_init(|| {
+            (self.first.len()..MAX_SLOTS)
+                .map(|_| OnceLock::new())
+                .collect()
+        });
+        let _ = later[used - self.first.len()].set(Box::new(Tier::new(
+            limit,
+            self.ttl_ns,
+            Some(fresh),
+        )));
+        let _ = old.change.set((t, inherit));
+        // Release: publishes the new slot and the change with the mark; a call that sees the
+        // mark moves its key's bucket over.
+        old.replaced_by
+            .store(used + 1, crate::sync::Ordering::Release);
+        // Release: new keys of this tier go to the new slot; pairs with `current_slot`.
+        self.current[tier].store(used, crate::sync::Ordering::Release);
+        *changes = (used + 1, t);
+        if tier == 0 {
+            // At most 255 changes reach tier 0: the overflow bucket's own bound holds.
+            let _ = self.overflow.set_limit(limit, inherit);
+        }
+        Ok(())
     }
 }
 
@@ -825,8 +1163,8 @@ impl Drop for Evictor {
 impl<K: Hash + Eq, S> std::fmt::Debug for KeyedLimiter<K, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyedLimiter")
-            .field("limit", &self.tiers[0].limit)
-            .field("tiers", &self.tiers.len())
+            .field("limit", self.limit())
+            .field("tiers", &self.current.len())
             .field(
                 "keys",
                 &self.shards.iter().map(|s| s.map.pin().len()).sum::<usize>(),

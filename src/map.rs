@@ -1,9 +1,9 @@
 //! The per-shard map behind the keyed limiter, and its interface.
 //!
 //! In builds it is a papaya map; under `--cfg loom` a small mutex-and-vector stand-in whose every
-//! step loom can see (loom cannot see inside papaya). Both offer the same four operations, which
-//! are all the keyed limiter's protocol uses: `get`, `try_insert_with`, `remove_tombstoned` and
-//! `sweep`.
+//! step loom can see (loom cannot see inside papaya). Both offer the same five operations, which
+//! are all the keyed limiter's protocol uses: `get`, `try_insert_with`, `replace`,
+//! `remove_tombstoned` and `sweep`.
 //!
 //! Keys are stored with their hash ([`Hashed`]) and looked up with a [`Probe`], so a key is
 //! hashed once per call, by the limiter, and never again by the map.
@@ -179,6 +179,12 @@ mod papaya_map {
             self.map.try_insert_with(key, make, &self.guard)
         }
 
+        /// Puts `key`'s entry in place of the one there (whose cell the caller sealed, so no
+        /// other call replaces or removes it meanwhile).
+        pub(crate) fn replace(&self, key: Hashed<K>, cell: Cell) {
+            self.map.insert(key, cell, &self.guard);
+        }
+
         /// Removes the key's entry if its cell is a tombstone. True when this call removed it.
         pub(crate) fn remove_tombstoned<Q>(&self, probe: &Probe<'_, Q>) -> bool
         where
@@ -278,6 +284,15 @@ mod loom_map {
             let cell: &'static Cell = Box::leak(Box::new(make()));
             entries.push((key, cell));
             Ok(cell)
+        }
+
+        pub(crate) fn replace(&self, key: Hashed<K>, cell: Cell) {
+            let mut entries = self.map.entries.lock().unwrap();
+            let cell: &'static Cell = Box::leak(Box::new(cell));
+            match entries.iter().position(|(k, _)| *k == key) {
+                Some(i) => entries[i] = (key, cell),
+                None => entries.push((key, cell)),
+            }
         }
 
         pub(crate) fn remove_tombstoned<Q>(&self, probe: &Probe<'_, Q>) -> bool

@@ -33,9 +33,23 @@
 //! [`MIN_HORIZON`](crate::limit::MIN_HORIZON); typical limits have horizons of centuries
 //! (e.g. 2^55 steps of 1 ms for capacity 100 in interval mode).
 
+use crate::bucket::Inherit;
+
 /// The word of a removed (evicted) bucket. Never a valid state: its token field exceeds any
 /// capacity.
 pub(crate) const TOMBSTONE: u64 = u64::MAX;
+
+/// The word of a keyed bucket whose limit changed and whose entry is being replaced by one
+/// under the new limit (see `keyed.rs`). Never a valid state (its token field is all ones, like
+/// the tombstone's), and distinct from the tombstone, so nobody removes the entry meanwhile.
+pub(crate) const SEALED: u64 = u64::MAX >> 1;
+
+/// Whether `word` is the tombstone or the seal: no call may use it.
+#[inline(always)]
+pub(crate) fn is_dead(word: u64) -> bool {
+    // The two words differ only in bit 63.
+    word | (1 << 63) == u64::MAX
+}
 
 /// The numbers of a limit that decisions need: capacity, tokens per step, and the step rate
 /// `a / b` (reduced; `b` in nanoseconds, `b >= a`: a step is at least 1 ns).
@@ -273,7 +287,7 @@ impl Steps {
     /// replacing it by one is invisible to any call whose clock reads at least `k0`.
     #[inline]
     pub(crate) fn is_evictable(&self, word: u64, k: u64, idle_steps: u64) -> bool {
-        if word == TOMBSTONE || k < idle_steps {
+        if is_dead(word) || k < idle_steps {
             return false;
         }
         let k0 = k - idle_steps;
@@ -344,6 +358,43 @@ pub(crate) fn reset(s: &Steps, word: u64, k: u64) -> Outcome {
         mark,
         write: (new != word).then_some(new),
     }
+}
+
+/// A limit change at `t` nanoseconds since the epoch, for a bucket holding `tokens` (already
+/// refilled to the old limit's step of `t`) with its mark at old step `mark`: returns the
+/// tokens and mark under the new limit. The tokens follow `inherit`; the new mark is the new
+/// limit's step of `t`, or, when the bucket's mark is ahead of `t` (a call whose clock read
+/// later than the change's got there first), of the first instant of that mark's step: the
+/// change then takes effect from there. The one conversion used by `TokenBucket::set_limit`,
+/// by the keyed limiter's migrations and its fresh-bucket states.
+pub(crate) fn convert(
+    old: &Steps,
+    tokens: u64,
+    mark: u64,
+    t: u64,
+    new: &Steps,
+    inherit: Inherit,
+) -> (u64, u64) {
+    let t = if mark > old.step_index(t) {
+        t.max(old.step_start(mark))
+    } else {
+        t
+    };
+    let tokens = match inherit {
+        Inherit::Keep => tokens.min(new.cap),
+        Inherit::Proportional => {
+            (u128::from(tokens) * u128::from(new.cap) / u128::from(old.cap)) as u64
+        }
+        Inherit::Reset => new.cap,
+    };
+    (tokens, new.step_index(t))
+}
+
+/// [`convert`] for a packed word: refill it to the old step of `t`, convert, pack.
+pub(crate) fn convert_word(old: &Steps, word: u64, t: u64, new: &Steps, inherit: Inherit) -> u64 {
+    let (tokens, mark, _) = old.refill(word, old.step_index(t));
+    let (tokens, mark) = convert(old, tokens, mark, t, new, inherit);
+    new.word(tokens, mark)
 }
 
 #[cfg(test)]

@@ -409,10 +409,16 @@ fn set_limit_carries_tokens_over_by_policy() {
         b.set_limit(*b.limit(), Inherit::Reset).unwrap().remaining(),
         3
     );
-    for _ in 4..MAX_RECONFIGURATIONS {
-        b.set_limit(*b.limit(), Inherit::Keep).unwrap();
+    let same = *b.limit();
+    for _ in 0..1_000 {
+        b.set_limit(same, Inherit::Keep).unwrap(); // the limit in force: changes nothing
     }
-    assert!(b.set_limit(*b.limit(), Inherit::Keep).is_err());
+    let other = Limit::new(3, 3, Duration::from_secs(4)).unwrap();
+    for i in 4..MAX_RECONFIGURATIONS {
+        b.set_limit(if i % 2 == 0 { other } else { same }, Inherit::Keep)
+            .unwrap();
+    }
+    assert!(b.set_limit(same, Inherit::Keep).is_err());
     assert_eq!(
         b.snapshot().remaining(),
         3,
