@@ -17,9 +17,27 @@ fn kop() -> impl Strategy<Value = KOp> {
         (0u64..4).prop_map(KOp::Advance), // scaled to steps below
         any::<u64>().prop_map(KOp::Advance),
         any::<u64>().prop_map(KOp::Rewind),
-        (0u8..6, 0u64..5).prop_map(|(k, n)| KOp::Acquire(k, n)),
-        (0u8..6, 0u64..5).prop_map(|(k, n)| KOp::Acquire(k, n)),
+        (0u8..6, 0u64..10).prop_map(|(k, n)| KOp::Acquire(k, n)),
+        (0u8..6, 0u64..10).prop_map(|(k, n)| KOp::Acquire(k, n)),
         Just(KOp::Evict),
+        (
+            any::<u8>(),
+            any::<u8>(),
+            any::<u8>(),
+            any::<u8>(),
+            any::<bool>(),
+            any::<u8>()
+        )
+            .prop_map(
+                |(tier, cap, amount, stretch, greedy, inherit)| KOp::SetLimit {
+                    tier,
+                    cap,
+                    amount,
+                    stretch,
+                    greedy,
+                    inherit
+                }
+            ),
     ]
 }
 

@@ -184,6 +184,96 @@ mod keyed {
         });
     }
 
+    /// A limiter (capacity 2, nothing refills within the model) whose key 1 holds 1 token.
+    fn half_used() -> Arc<KeyedLimiter<u64>> {
+        let limiter = KeyedLimiter::builder(Limit::new(2, 1, Duration::from_secs(3600)).unwrap())
+            .clock(ManualClock::new())
+            .shards(1)
+            .build();
+        assert!(limiter.check_key(&1).is_allowed());
+        Arc::new(limiter)
+    }
+
+    fn four() -> Limit {
+        Limit::new(4, 1, Duration::from_secs(3600)).unwrap()
+    }
+
+    /// A tier's limit change (capacity 2 to 4, proportional) racing an acquire on a key: the
+    /// acquire is decided wholly under one limit, and the key's bucket moves over once, with
+    /// the acquire's token neither lost nor counted twice.
+    #[test]
+    fn keyed_set_limit_racing_acquire() {
+        loom::model(|| {
+            let limiter = half_used();
+            let l = limiter.clone();
+            let changer = thread::spawn(move || {
+                l.set_limit(four(), tollgate::Inherit::Proportional).unwrap()
+            });
+            let l = limiter.clone();
+            let taker = thread::spawn(move || l.check_key(&1));
+            changer.join().unwrap();
+            let d = taker.join().unwrap();
+            assert!(d.is_allowed(), "a token was there under either limit");
+            let left = limiter.try_acquire_key(&1, 0).unwrap();
+            assert_eq!(left.limit(), 4);
+            // Before the change: 1 - 1 = 0, then 0 of 4. After: 1 of 2 is 2 of 4, minus 1.
+            match d.limit() {
+                2 => assert_eq!(left.remaining(), 0),
+                4 => assert_eq!(left.remaining(), 1),
+                other => panic!("decided under limit {other}"),
+            }
+            assert_eq!(limiter.len(), 1);
+        });
+    }
+
+    /// Two calls meet a key whose limit changed: one seals and moves the bucket, the other
+    /// waits for it; both tokens come from the moved bucket.
+    #[test]
+    fn keyed_racing_migrations() {
+        loom::model(|| {
+            let limiter = half_used();
+            limiter
+                .set_limit(four(), tollgate::Inherit::Proportional)
+                .unwrap(); // key 1: 2 of 4, still under the old limit's entry
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    let l = limiter.clone();
+                    thread::spawn(move || l.check_key(&1))
+                })
+                .collect();
+            for h in handles {
+                let d = h.join().unwrap();
+                assert!(d.is_allowed());
+                assert_eq!(d.limit(), 4);
+            }
+            assert_eq!(limiter.try_acquire_key(&1, 0).unwrap().remaining(), 0);
+            assert_eq!(limiter.len(), 1);
+        });
+    }
+
+    /// A key idle and full under a replaced limit: a sweep (judging it under the new limit)
+    /// races a call that moves it. Whoever wins, the call's token shows in the live bucket.
+    #[test]
+    fn keyed_migration_racing_eviction() {
+        loom::model(|| {
+            let limiter = idle_limiter();
+            let two = Limit::new(2, 1, Duration::from_secs(1)).unwrap();
+            limiter
+                .set_limit(two, tollgate::Inherit::Proportional)
+                .unwrap();
+            let l = limiter.clone();
+            let acquirer = thread::spawn(move || l.check_key(&1));
+            let l = limiter.clone();
+            let evictor = thread::spawn(move || l.evict_idle());
+            let d = acquirer.join().unwrap();
+            assert!(evictor.join().unwrap() <= 1);
+            assert!(d.is_allowed());
+            assert_eq!(d.limit(), 2, "decided under the limit in force");
+            assert_eq!(limiter.len(), 1);
+            assert_eq!(limiter.try_acquire_key(&1, 0).unwrap().remaining(), 1);
+        });
+    }
+
     /// Two evictors racing on one idle bucket: it is removed once.
     #[test]
     fn racing_evictors() {

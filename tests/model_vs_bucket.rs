@@ -54,7 +54,7 @@ fn limit() -> impl Strategy<Value = (u64, u64, u64, bool)> {
 
 /// Raw ops; sizes are scaled to the limit's step in `scale`.
 fn raw_op() -> impl Strategy<Value = (u8, u64)> {
-    (0u8..12, any::<u64>())
+    (0u8..13, any::<u64>())
 }
 
 fn scale(op: (u8, u64), cap: u64, step_ns: u64) -> Op {
@@ -71,7 +71,24 @@ fn scale(op: (u8, u64), cap: u64, step_ns: u64) -> Op {
         8 => Op::Acquire(cap),
         9 => Op::Acquire(cap + 1 + x % 3),
         10 => Op::Acquire(1 + x % cap),
-        _ => Op::Acquire(1),
+        11 => Op::Acquire(1),
+        _ => {
+            let cap = (1 + x % cap.saturating_mul(2)).min(tollgate::MAX_CAPACITY);
+            let amount = 1 + (x >> 33) % cap;
+            let greedy = (x >> 62) & 1 == 1;
+            let ns = step_ns.saturating_mul(1 + (x >> 58) % 3);
+            Op::SetLimit {
+                cap,
+                amount,
+                interval_ns: if greedy {
+                    ns.saturating_mul(amount)
+                } else {
+                    ns
+                },
+                greedy,
+                inherit: (x >> 50) as u8,
+            }
+        }
     }
 }
 

@@ -41,7 +41,7 @@ fn try_bucket_vs_model(u: &mut Unstructured<'_>) -> Result<()> {
     let mut ops = Vec::new();
     while !u.is_empty() && ops.len() < 512 {
         let x: u64 = u.arbitrary()?;
-        ops.push(match u.int_in_range(0u8..=7)? {
+        ops.push(match u.int_in_range(0u8..=8)? {
             0 => Op::Advance(x % 1_000),
             1 => Op::Advance(step.saturating_mul(x % 8)),
             2 => Op::Advance(x),
@@ -49,14 +49,21 @@ fn try_bucket_vs_model(u: &mut Unstructured<'_>) -> Result<()> {
             4 => Op::Rewind(x),
             5 => Op::Acquire(x % (cap + 3)),
             6 => Op::Acquire(0),
-            _ => Op::Acquire(1),
+            7 => Op::Acquire(1),
+            _ => Op::SetLimit {
+                cap: edgy(u, tollgate::MAX_CAPACITY)?,
+                amount: x % cap + 1,
+                interval_ns: edgy(u, tollgate::MAX_INTERVAL.as_nanos() as u64)?,
+                greedy: u.arbitrary()?,
+                inherit: u.arbitrary()?,
+            },
         });
     }
     check_trace(cap, amount, interval, greedy, &ops);
     Ok(())
 }
 
-/// Multi-key traces with evictions and a tiny `idle_ttl`: identical to models that never
+/// Multi-key traces with evictions, limit changes and a tiny `idle_ttl`: identical to models that never
 /// evict.
 pub fn keyed_vs_model(data: &[u8]) {
     let _ = try_keyed_vs_model(&mut Unstructured::new(data));
@@ -70,11 +77,19 @@ fn try_keyed_vs_model(u: &mut Unstructured<'_>) -> Result<()> {
     let ttl_steps = u.int_in_range(0..=4u64)?;
     let mut ops = Vec::new();
     while !u.is_empty() && ops.len() < 512 {
-        ops.push(match u.int_in_range(0u8..=5)? {
+        ops.push(match u.int_in_range(0u8..=6)? {
             0 => KOp::Advance(u.int_in_range(0..=3)?),
             1 => KOp::Advance(u.arbitrary()?),
             2 => KOp::Rewind(u.arbitrary()?),
             3 => KOp::Evict,
+            4 => KOp::SetLimit {
+                tier: u.arbitrary()?,
+                cap: u.arbitrary()?,
+                amount: u.arbitrary()?,
+                stretch: u.arbitrary()?,
+                greedy: u.arbitrary()?,
+                inherit: u.arbitrary()?,
+            },
             _ => KOp::Acquire(u.int_in_range(0..=5)?, u.int_in_range(0..=cap + 1)?),
         });
     }

@@ -1,10 +1,11 @@
 //! The keyed trace runner: an evicting keyed limiter against per-key models that never evict
-//! (SPEC §3). Shared by `tests/keyed.rs` and the `keyed_vs_model` fuzz target.
+//! (SPEC §3), with live limit changes on its two tiers. Shared by `tests/keyed.rs` and the
+//! `keyed_vs_model` fuzz target.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tollgate::{Clock, KeyedLimiter, Limit, ManualClock};
+use tollgate::{Clock, Inherit, KeyedLimiter, Limit, ManualClock};
 
 use super::{observe, Model};
 
@@ -15,13 +16,42 @@ pub enum KOp {
     Rewind(u64),
     Acquire(u8, u64),
     Evict,
+    /// `set_tier_limit(tier % 2, ..)`: capacity `1 + cap % 8`, amount `1 + amount % cap`, the
+    /// step `1 + stretch % 4` times the trace's, greedy or not; the policy `inherit % 3`.
+    SetLimit {
+        tier: u8,
+        cap: u8,
+        amount: u8,
+        stretch: u8,
+        greedy: bool,
+        inherit: u8,
+    },
+}
+
+/// A limit from its parameters (capacity, amount, step in ns, greedy), as the model takes them:
+/// (the limit, the model's parameters).
+fn limit_of(
+    cap: u64,
+    amount: u64,
+    step_ns: u64,
+    greedy: bool,
+) -> Option<(Limit, (u64, u64, u64, bool))> {
+    let interval = if greedy { step_ns * amount } else { step_ns };
+    let limit = if greedy {
+        Limit::greedy(cap, amount, Duration::from_nanos(interval))
+    } else {
+        Limit::new(cap, amount, Duration::from_nanos(interval))
+    };
+    Some((limit.ok()?, (cap, amount, interval, greedy)))
 }
 
 /// Runs a multi-key trace through an evicting keyed limiter and per-key models that never
-/// evict; every decision must be identical. The clock never steps back more than `idle_ttl`
-/// below the latest time seen (the documented condition for invisible eviction). Returns
-/// (decisions compared, buckets evicted). Limits tollgate rejects are skipped. Callers keep the
-/// numbers small (`step_ns * 64` and `step_ns * amount` must fit in a `u64`).
+/// evict; every decision must be identical. Keys are in tier `key % 2` (both tiers start with
+/// the same limit); a key first seen is a copy of its tier's untouched model, which sees every
+/// limit change. The clock never steps back more than `idle_ttl` below the latest time seen
+/// (the documented condition for invisible eviction). Returns (decisions compared, buckets
+/// evicted). Limits tollgate rejects are skipped. Callers keep the numbers small
+/// (`step_ns * 64` and `step_ns * amount * 4` must fit in a `u64`).
 pub fn check_keyed(
     cap: u64,
     amount: u64,
@@ -30,27 +60,28 @@ pub fn check_keyed(
     ttl_steps: u64,
     ops: &[KOp],
 ) -> (usize, usize) {
-    let interval = if greedy { step_ns * amount } else { step_ns };
-    let limit = if greedy {
-        Limit::greedy(cap, amount, Duration::from_nanos(interval))
-    } else {
-        Limit::new(cap, amount, Duration::from_nanos(interval))
-    };
-    let Ok(limit) = limit else {
+    let Some((limit, params)) = limit_of(cap, amount, step_ns, greedy) else {
         return (0, 0);
     };
     let clock = ManualClock::new();
     clock.set(1 << 40);
     let ttl = Duration::from_nanos(step_ns * ttl_steps);
     let limiter: KeyedLimiter<u8> = KeyedLimiter::builder(limit)
+        .tiers([limit], |key: &u8| usize::from(key % 2))
         .clock(clock.clone())
         .idle_ttl(ttl)
         .shards(2)
         .build();
     let epoch = clock.now();
+    let (cap0, amount0, interval0, greedy0) = params;
+    let untouched = Model::new(cap0, amount0, interval0, greedy0, epoch);
+    let mut fresh = [untouched.clone(), untouched];
     let mut models: HashMap<u8, Model> = HashMap::new();
     let (mut compared, mut evicted) = (0, 0);
     let mut latest = epoch;
+    // Limit changes are ordered in time even when the clock steps back (as tollgate orders
+    // them).
+    let mut last_change = epoch;
     for op in ops {
         match *op {
             KOp::Advance(x) if x < 4 => clock.advance(Duration::from_nanos(x * step_ns)),
@@ -60,11 +91,11 @@ pub fn check_keyed(
                 clock.set(clock.now().saturating_sub(x % (step_ns * 8)).max(floor));
             }
             KOp::Acquire(key, n) => {
-                let n = n % (cap + 2);
+                let n = n % (cap.max(8) + 2);
                 let t = clock.now();
                 let model = models
                     .entry(key)
-                    .or_insert_with(|| Model::new(cap, amount, interval, greedy, epoch));
+                    .or_insert_with(|| fresh[usize::from(key % 2)].clone());
                 let want = model.acquire(t, n);
                 match limiter.try_acquire_key(&key, n) {
                     Ok(d) => assert_eq!(
@@ -77,6 +108,38 @@ pub fn check_keyed(
                 compared += 1;
             }
             KOp::Evict => evicted += limiter.evict_idle(),
+            KOp::SetLimit {
+                tier,
+                cap,
+                amount,
+                stretch,
+                greedy,
+                inherit,
+            } => {
+                let tier = tier % 2;
+                let cap = 1 + u64::from(cap % 8);
+                let amount = 1 + u64::from(amount) % cap;
+                let step = step_ns * (1 + u64::from(stretch % 4));
+                let Some((limit, params)) = limit_of(cap, amount, step, greedy) else {
+                    continue;
+                };
+                let inherit = [Inherit::Keep, Inherit::Proportional, Inherit::Reset]
+                    [usize::from(inherit % 3)];
+                if limiter
+                    .set_tier_limit(usize::from(tier), limit, inherit)
+                    .is_err()
+                {
+                    continue; // out of limit slots: nothing changed
+                }
+                if fresh[usize::from(tier)].params() == params && inherit != Inherit::Reset {
+                    continue; // the limit in force: nothing changes, not even the time order
+                }
+                last_change = last_change.max(clock.now());
+                fresh[usize::from(tier)].set_limit(last_change, params, inherit);
+                for (_, model) in models.iter_mut().filter(|(k, _)| *k % 2 == tier) {
+                    model.set_limit(last_change, params, inherit);
+                }
+            }
         }
         latest = latest.max(clock.now());
     }

@@ -27,6 +27,8 @@ pub struct Model {
     epoch: u64,
     tokens: u64,
     mark: u64,
+    /// The limit as given: (capacity, refill amount, interval, greedy).
+    params: (u64, u64, u64, bool),
 }
 
 impl Model {
@@ -46,7 +48,44 @@ impl Model {
             epoch,
             tokens: cap,
             mark: 0,
+            params: (cap, refill_amount, interval_ns, greedy),
         }
+    }
+
+    /// `set_limit` at clock reading `t`: nothing when the limit is the one in force and the
+    /// policy is not `Reset`. Otherwise refill to `t` under the old limit; the tokens follow the
+    /// policy (keep, capped; the same fraction, rounded down; full); the new limit's refills
+    /// count from the step of `t`, or from the start of the bucket's recorded step when that
+    /// is later (a call with a later clock reading came first).
+    pub fn set_limit(
+        &mut self,
+        t: u64,
+        (cap, amount, interval_ns, greedy): (u64, u64, u64, bool),
+        inherit: tollgate::Inherit,
+    ) {
+        use tollgate::Inherit;
+        if (cap, amount, interval_ns, greedy) == self.params && inherit != Inherit::Reset {
+            return;
+        }
+        let k = self.k(t);
+        if k > self.mark {
+            let add = (k - self.mark) as u128 * self.q as u128;
+            self.tokens = (self.tokens as u128 + add).min(self.cap as u128) as u64;
+            self.mark = k;
+        }
+        let from = if self.mark > k {
+            (self.start(self.mark as u128).min(u64::MAX as u128) as u64).max(t)
+        } else {
+            t
+        };
+        let mut new = Model::new(cap, amount, interval_ns, greedy, self.epoch);
+        new.tokens = match inherit {
+            Inherit::Keep => self.tokens.min(cap),
+            Inherit::Proportional => (self.tokens as u128 * cap as u128 / self.cap as u128) as u64,
+            Inherit::Reset => cap,
+        };
+        new.mark = new.k(from);
+        *self = new;
     }
 
     /// Step index of clock reading `t`: `floor((t - epoch) * a / b)`, 0 before the epoch.
@@ -105,6 +144,11 @@ impl Model {
         })
     }
 
+    /// The limit as given: (capacity, refill amount, interval, greedy).
+    pub fn params(&self) -> (u64, u64, u64, bool) {
+        self.params
+    }
+
     /// Tokens now (after the last call).
     pub fn tokens(&self) -> u64 {
         self.tokens
@@ -132,6 +176,30 @@ pub enum Op {
     Rewind(u64),
     /// `try_acquire(n)`.
     Acquire(u64),
+    /// `set_limit` to these numbers (skipped when `Limit` rejects them) with policy
+    /// `inherit % 3` (keep, proportional, reset).
+    SetLimit {
+        cap: u64,
+        amount: u64,
+        interval_ns: u64,
+        greedy: bool,
+        inherit: u8,
+    },
+}
+
+/// A limit from the model's parameters.
+pub fn make_limit(
+    cap: u64,
+    amount: u64,
+    interval_ns: u64,
+    greedy: bool,
+) -> Option<tollgate::Limit> {
+    let interval = std::time::Duration::from_nanos(interval_ns);
+    if greedy {
+        tollgate::Limit::greedy(cap, amount, interval).ok()
+    } else {
+        tollgate::Limit::new(cap, amount, interval).ok()
+    }
 }
 
 /// Where traces start: far enough from 0 that rewinds can reach before the epoch.
@@ -155,11 +223,15 @@ pub fn check_trace(cap: u64, amount: u64, interval_ns: u64, greedy: bool, ops: &
     let bucket = tollgate::TokenBucket::with_clock(limit, clock.clone());
     let mut model = Model::new(cap, amount, interval_ns, greedy, TRACE_START);
     let horizon = u64::try_from(limit.horizon().as_nanos()).unwrap_or(u64::MAX);
-    let latest = TRACE_START.saturating_add(horizon / 2);
+    let mut latest = TRACE_START.saturating_add(horizon / 2);
+    let mut seen = TRACE_START;
     let mut compared = 0;
     for (i, op) in ops.iter().enumerate() {
         match *op {
-            Op::Advance(ns) => clock.set(clock_now(&clock).saturating_add(ns).min(latest)),
+            Op::Advance(ns) => {
+                clock.set(clock_now(&clock).saturating_add(ns).min(latest));
+                seen = seen.max(clock_now(&clock));
+            }
             Op::Rewind(ns) => clock.set(clock_now(&clock).saturating_sub(ns)),
             Op::Acquire(n) => {
                 let t = clock_now(&clock);
@@ -167,7 +239,7 @@ pub fn check_trace(cap: u64, amount: u64, interval_ns: u64, greedy: bool, ops: &
                 let want = model.acquire(t, n);
                 match (got, want) {
                     (Err(e), Err(())) => {
-                        assert_eq!((e.requested, e.capacity), (n, cap), "op {i}");
+                        assert_eq!((e.requested, e.capacity), (n, model.cap), "op {i}");
                     }
                     (Ok(d), Ok(m)) => assert_eq!(
                         observe(&d),
@@ -176,6 +248,41 @@ pub fn check_trace(cap: u64, amount: u64, interval_ns: u64, greedy: bool, ops: &
                     ),
                     (got, want) => panic!("op {i}: bucket {got:?}, model {want:?}"),
                 }
+                compared += 1;
+            }
+            Op::SetLimit {
+                cap,
+                amount,
+                interval_ns,
+                greedy,
+                inherit,
+            } => {
+                let Some(new) = make_limit(cap, amount, interval_ns, greedy) else {
+                    continue;
+                };
+                let t = clock_now(&clock);
+                // Keep every time the bucket saw within half of every limit's horizon.
+                let horizon = u64::try_from(new.horizon().as_nanos()).unwrap_or(u64::MAX);
+                let bound = TRACE_START.saturating_add(horizon / 2);
+                if seen > bound {
+                    continue;
+                }
+                let policy = [
+                    tollgate::Inherit::Keep,
+                    tollgate::Inherit::Proportional,
+                    tollgate::Inherit::Reset,
+                ][usize::from(inherit % 3)];
+                let Ok(got) = bucket.set_limit(new, policy) else {
+                    continue; // too many changes: nothing changed
+                };
+                latest = latest.min(bound);
+                model.set_limit(t, (cap, amount, interval_ns, greedy), policy);
+                let want = model.acquire(t, 0).unwrap();
+                assert_eq!(
+                    observe(&got),
+                    want,
+                    "op {i} ({op:?}) at t={t}, limit {limit:?}, ops {ops:?}"
+                );
                 compared += 1;
             }
         }
