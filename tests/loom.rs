@@ -207,7 +207,8 @@ mod keyed {
             let limiter = half_used();
             let l = limiter.clone();
             let changer = thread::spawn(move || {
-                l.set_limit(four(), tollgate::Inherit::Proportional).unwrap()
+                l.set_limit(four(), tollgate::Inherit::Proportional)
+                    .unwrap()
             });
             let l = limiter.clone();
             let taker = thread::spawn(move || l.check_key(&1));
