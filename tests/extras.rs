@@ -585,14 +585,17 @@ fn keyed_set_limit_under_load_never_invents_tokens() {
         .build();
     let keys = 8u64;
     let granted = AtomicU64::new(0);
+    let changing = std::sync::atomic::AtomicBool::new(true);
     std::thread::scope(|s| {
         for t in 0..2 {
-            let (limiter, granted) = (&limiter, &granted);
+            let (limiter, granted, changing) = (&limiter, &granted, &changing);
             s.spawn(move || {
-                for i in 0..3_000u64 {
-                    if limiter.check_key(&((i + t) % keys)).is_allowed() {
+                let mut i = t;
+                while changing.load(Ordering::Relaxed) {
+                    if limiter.check_key(&(i % keys)).is_allowed() {
                         granted.fetch_add(1, Ordering::Relaxed);
                     }
+                    i += 1;
                 }
             });
         }
@@ -602,7 +605,9 @@ fn keyed_set_limit_under_load_never_invents_tokens() {
                 limiter
                     .set_limit(Limit::new(cap, 1, hour).unwrap(), Inherit::Keep)
                     .unwrap();
+                std::thread::sleep(Duration::from_micros(100));
             }
+            changing.store(false, Ordering::Relaxed);
         });
     });
     // Keep never adds tokens (a raise keeps even an untouched key at 100) and no time
