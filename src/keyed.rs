@@ -18,6 +18,17 @@
 //!   `1/shards` slice of the map) at a time. At the key cap a shard is swept after an eighth of
 //!   its size in refused keys, or when a quarter of `idle_ttl` has passed since its last sweep,
 //!   before the [`AtCapacity`] policy applies.
+//! - Limit changes: every limit a key can be under is a *slot* (the tiers first, then one per
+//!   change, at most [`MAX_SLOTS`]); a key's slot is kept in spare bits of its stored hash. A
+//!   change adds a slot, records its time and policy on the old one and marks it replaced
+//!   (Release), then points the tier at the new slot. A call that finds its key under a
+//!   replaced slot seals the word (CAS to [`SEALED`](crate::state::SEALED), distinct from the
+//!   tombstone, so no helper removes the entry), converts it through every change since
+//!   ([`state::convert`]) and replaces the entry; calls meeting the seal wait for the
+//!   replacement. A call that raced the change onto the old slot is ordered before it: the
+//!   conversion then applies from that call's step. Each slot also holds its untouched bucket
+//!   (what the changes made of a bucket no call touched), which is what a first touch gets and
+//!   what eviction compares with, so eviction stays invisible across changes.
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};

@@ -62,9 +62,10 @@ proptest! {
 #[test]
 fn zz_report() {
     eprintln!(
-        "keyed: decisions compared {}, buckets evicted {}",
+        "keyed: decisions compared {}, buckets evicted {}, limit changes {}",
         COMPARED.load(Ordering::Relaxed),
-        EVICTED.load(Ordering::Relaxed)
+        EVICTED.load(Ordering::Relaxed),
+        model::keyed::CHANGES.load(Ordering::Relaxed)
     );
 }
 

@@ -3,6 +3,7 @@
 //! `keyed_vs_model` fuzz target.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tollgate::{Clock, Inherit, KeyedLimiter, Limit, ManualClock};
@@ -27,6 +28,9 @@ pub enum KOp {
         inherit: u8,
     },
 }
+
+/// Limit changes applied by `check_keyed` so far (for reports).
+pub static CHANGES: AtomicUsize = AtomicUsize::new(0);
 
 /// A limit from its parameters (capacity, amount, step in ns, greedy), as the model takes them:
 /// (the limit, the model's parameters).
@@ -135,6 +139,7 @@ pub fn check_keyed(
                     continue; // the limit in force: nothing changes, not even the time order
                 }
                 last_change = last_change.max(clock.now());
+                CHANGES.fetch_add(1, Ordering::Relaxed);
                 fresh[usize::from(tier)].set_limit(last_change, params, inherit);
                 for (_, model) in models.iter_mut().filter(|(k, _)| *k % 2 == tier) {
                     model.set_limit(last_change, params, inherit);
