@@ -116,11 +116,11 @@ impl std::fmt::Display for SetLimitError {
 impl std::error::Error for SetLimitError {}
 
 /// What a first touch found.
-enum Touch<'p> {
+enum Touch {
     /// This call inserted the key's bucket, already charged with its request.
     Inserted(Decision),
     /// The key was there (another thread inserted it): look it up again.
-    Existing(PhantomData<&'p Cell>),
+    Existing,
     /// No room: the key cap is reached.
     Full,
     /// More tokens than the key's tier holds.
@@ -514,7 +514,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
                 Some(found) => found,
                 None => match self.first_touch(shard, &pinned, &probe, n, now) {
                     Touch::Inserted(d) => return Ok(d),
-                    Touch::Existing(_) => continue,
+                    Touch::Existing => continue,
                     Touch::Full => return Ok(self.at_capacity(n, now)),
                     Touch::TooMany(e) => return Err(e),
                 },
@@ -608,14 +608,14 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     /// step of `now`, already charged with this call's `n` tokens (inserting it publishes the
     /// acquisition, so no CAS follows).
     #[cold]
-    fn first_touch<'p, Q>(
+    fn first_touch<Q>(
         &self,
         shard: &Shard<K>,
-        pinned: &'p Pinned<'_, K>,
+        pinned: &Pinned<'_, K>,
         probe: &Probe<'_, Q>,
         n: u64,
         now: u64,
-    ) -> Touch<'p>
+    ) -> Touch
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
@@ -638,9 +638,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         let capped = self.max_keys != usize::MAX;
         if capped && !self.reserve(shard, pinned, now) {
             // The key may have been inserted meanwhile by another thread.
-            return pinned
-                .get(probe)
-                .map_or(Touch::Full, |_| Touch::Existing(PhantomData));
+            return pinned.get(probe).map_or(Touch::Full, |_| Touch::Existing);
         }
         let k = tier.steps.step_index(now.saturating_sub(self.epoch));
         let fresh = tier.fresh_word(k);
@@ -659,7 +657,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
                 if capped {
                     self.keys.fetch_sub(1, Ordering::Relaxed);
                 }
-                Touch::Existing(PhantomData)
+                Touch::Existing
             }
         }
     }
@@ -1022,7 +1020,8 @@ impl<K, S> KeyedLimiter<K, S> {
     ///
     /// The work is lazy and O(1) here: each key's bucket moves to the new limit the next time
     /// a call touches it (or a sweep looks at it), converted as of the change's time; calls on
-    /// that one key wait the few instructions the move takes. Eviction stays invisible: a key
+    /// that one key wait while it moves (a copy of the key and one map insert). The hot path
+    /// pays one extra load of a read-mostly flag. Eviction stays invisible: a key
     /// seen for the first time after the change gets what the change made of an untouched
     /// bucket. That is a full bucket, except after raising the capacity with
     /// [`Inherit::Keep`]: then an untouched bucket keeps the old capacity's tokens and refills
