@@ -75,6 +75,13 @@ impl Decision {
         }
     }
 
+    /// The time its limit takes to fill an empty bucket (the `w` of `RateLimit-Policy`).
+    #[cfg(feature = "http")]
+    pub(crate) fn time_to_fill(&self) -> std::time::Duration {
+        let r = &self.rate;
+        std::time::Duration::from_nanos(r.step_start(r.cap.div_ceil(r.q)))
+    }
+
     /// The clock reading of the call (nanoseconds, the limiter's clock).
     #[cfg(feature = "redis")]
     pub(crate) fn now_ns(&self) -> u64 {

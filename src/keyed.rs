@@ -1030,9 +1030,9 @@ impl<K, S> KeyedLimiter<K, S> {
     /// Setting the limit already in force with [`Inherit::Keep`] or [`Inherit::Proportional`]
     /// changes nothing and does not count. Otherwise each change takes one of the limiter's 256
     /// limit slots (its tiers take the first ones) for the limiter's life: replaced limits are
-    /// kept (about 250 bytes each) because entries may still name them. A
-    /// [`RateLimitLayer`](crate::http::RateLimitLayer) built earlier keeps sending the
-    /// `RateLimit-Policy` of the limit it was built with.
+    /// kept (about 250 bytes each) because entries may still name them. The HTTP layer's
+    /// `RateLimit-Policy` follows: each response describes the limit its decision was made
+    /// under.
     ///
     /// ```
     /// use tollgate::{Inherit, KeyedLimiter, Limit};

@@ -419,3 +419,44 @@ async fn bare_hyper_service_with_peer_addr() {
     assert_eq!(statuses, [200, 200, 200, 429]);
     assert_eq!(limiter.len(), 1, "one bucket, for 127.0.0.1");
 }
+
+#[tokio::test]
+async fn policy_header_follows_the_keys_tier_and_live_limit_changes() {
+    let s = Duration::from_secs(1);
+    let limiter = Arc::new(
+        KeyedLimiter::builder(Limit::new(3, 1, s).unwrap())
+            .tiers([Limit::new(100, 10, s).unwrap()], |k: &Key| {
+                usize::from(matches!(k, Key::Header(h) if h.as_bytes().starts_with(b"pro")))
+            })
+            .clock(ManualClock::new())
+            .build(),
+    );
+    let layer = RateLimitLayer::builder(limiter.clone())
+        .key(KeyExtractor::api_key())
+        .headers(HeaderStyle::IetfAndLegacy)
+        .build()
+        .unwrap();
+    let router = Router::new()
+        .route("/api", get(|| async { "hello" }))
+        .layer(layer);
+    let addr = serve(router).await;
+    let c = client();
+    let policy = |key: &'static str| {
+        let c = c.clone();
+        async move {
+            let got = send(&c, get_with(addr, "/api", &[("x-api-key", key)])).await;
+            (
+                got.header("ratelimit-policy").map(str::to_owned),
+                got.header("x-ratelimit-limit").map(str::to_owned),
+            )
+        }
+    };
+    let pair = |p: &str, l: &str| (Some(p.to_owned()), Some(l.to_owned()));
+    assert_eq!(policy("free").await, pair("\"default\";q=3;w=3", "3"));
+    assert_eq!(policy("pro-a").await, pair("\"default\";q=100;w=10", "100"));
+    limiter
+        .set_limit(Limit::new(6, 2, s).unwrap(), tollgate::Inherit::Keep)
+        .unwrap();
+    assert_eq!(policy("free").await, pair("\"default\";q=6;w=3", "6"));
+    assert_eq!(policy("pro-a").await, pair("\"default\";q=100;w=10", "100"));
+}

@@ -39,7 +39,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Takes `cost` tokens from `key`'s bucket if they are there (`cost == 0`: a peek).
     fn acquire(&self, key: &Key, cost: u64) -> Self::Future;
 
-    /// The limit every key gets (for `RateLimit-Policy`).
+    /// The limit most keys get: the layer renders its `RateLimit-Policy` once, at build; a
+    /// decision made under another limit (a key's tier, a limit changed since) gets its own.
     fn limit(&self) -> &Limit;
 }
 

@@ -79,10 +79,17 @@ pub(crate) struct Headers {
     style: HeaderStyle,
     /// The policy name as an sf-string.
     name: String,
-    /// `RateLimit-Policy`, rendered once.
+    /// `RateLimit-Policy` of the backend's limit, rendered once, and its (quota, window).
     policy: HeaderValue,
-    /// `X-RateLimit-Limit`, rendered once.
+    policy_of: (u64, u64),
+    /// `X-RateLimit-Limit` of the backend's limit, rendered once.
     limit: HeaderValue,
+}
+
+/// A limit's `RateLimit-Policy` numbers: the quota and the window `w`, the seconds to refill
+/// from empty (at least 1).
+fn quota_and_window(capacity: u64, time_to_fill: Duration) -> (u64, u64) {
+    (capacity, ceil_secs(time_to_fill).max(1))
 }
 
 impl Headers {
@@ -92,12 +99,11 @@ impl Headers {
         limit: &Limit,
     ) -> Result<Headers, PolicyNameError> {
         let name = sf_string(name)?;
-        // w: seconds to refill from empty, at least 1.
-        let w = ceil_secs(limit.time_to_fill()).max(1);
-        let policy = format!("{name};q={};w={w}", limit.capacity());
+        let policy_of = quota_and_window(limit.capacity(), limit.time_to_fill());
         Ok(Headers {
             style,
-            policy: HeaderValue::try_from(policy).expect("ASCII by construction"),
+            policy: policy_value(&name, policy_of),
+            policy_of,
             limit: HeaderValue::from(limit.capacity()),
             name,
         })
@@ -115,9 +121,26 @@ impl Headers {
             RATELIMIT,
             HeaderValue::try_from(value).expect("ASCII by construction"),
         );
-        headers.insert(RATELIMIT_POLICY, self.policy.clone());
+        // The decision's own limit: a key's tier, or a limit changed since the layer was built.
+        let of = quota_and_window(decision.limit(), decision.time_to_fill());
+        let same = of == self.policy_of;
+        headers.insert(
+            RATELIMIT_POLICY,
+            if same {
+                self.policy.clone()
+            } else {
+                policy_value(&self.name, of)
+            },
+        );
         if self.style == HeaderStyle::IetfAndLegacy {
-            headers.insert(X_LIMIT, self.limit.clone());
+            headers.insert(
+                X_LIMIT,
+                if same {
+                    self.limit.clone()
+                } else {
+                    HeaderValue::from(of.0)
+                },
+            );
             headers.insert(X_REMAINING, HeaderValue::from(decision.remaining()));
             headers.insert(
                 X_RESET,
@@ -125,6 +148,11 @@ impl Headers {
             );
         }
     }
+}
+
+/// `RateLimit-Policy`: `name;q=quota;w=window`.
+fn policy_value(name: &str, (q, w): (u64, u64)) -> HeaderValue {
+    HeaderValue::try_from(format!("{name};q={q};w={w}")).expect("ASCII by construction")
 }
 
 /// `Retry-After` for a denial: whole seconds, rounded up, at least 1.
