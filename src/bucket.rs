@@ -109,6 +109,13 @@ impl Cell {
             .is_ok()
     }
 
+    /// Seals the word whatever it holds, and returns it (a bucket's limit change: a bucket
+    /// outside a map is never a tombstone).
+    pub(crate) fn seal_now(&self) -> u64 {
+        // Relaxed: as for the tombstone; the new node is published by a Release store.
+        self.0.swap(SEALED, Ordering::Relaxed)
+    }
+
     /// Replaces `expected` with the seal (the keyed limiter's migration to a new limit); false
     /// when the word changed meanwhile.
     pub(crate) fn seal(&self, expected: u64) -> bool {
@@ -119,7 +126,8 @@ impl Cell {
     }
 }
 
-/// A lock-free token bucket: its whole state (tokens and refill mark) is one `AtomicU64`,
+/// A lock-free token bucket (lock-free except while [`set_limit`](TokenBucket::set_limit) swaps
+/// the limit): its whole state (tokens and refill mark) is one `AtomicU64`,
 /// updated by compare-and-swap. Share it by reference or in an `Arc`.
 ///
 /// ```
@@ -266,12 +274,12 @@ impl<C: Clock> TokenBucket<C> {
     /// granted. Nothing changes.
     #[inline(always)]
     pub fn try_acquire(&self, n: u64) -> Result<Decision, InsufficientCapacity> {
-        self.take(n)
+        self.take_at(n, self.clock.now())
     }
 
+    /// `try_acquire(n)` at clock reading `now` (a caller that has already read the clock).
     #[inline(always)]
-    fn take(&self, n: u64) -> Result<Decision, InsufficientCapacity> {
-        let now = self.clock.now();
+    pub(crate) fn take_at(&self, n: u64, now: u64) -> Result<Decision, InsufficientCapacity> {
         let node = self.node();
         if n > node.steps.cap {
             return Err(InsufficientCapacity {
@@ -315,7 +323,7 @@ impl<C: Clock> TokenBucket<C> {
     #[inline(always)]
     pub fn check(&self) -> Decision {
         // Capacity is at least 1, under every limit.
-        match self.take(1) {
+        match self.try_acquire(1) {
             Ok(d) => d,
             Err(_) => unreachable!("capacity is at least 1"),
         }
@@ -332,7 +340,7 @@ impl<C: Clock> TokenBucket<C> {
     /// ```
     #[inline]
     pub fn snapshot(&self) -> Decision {
-        match self.take(0) {
+        match self.try_acquire(0) {
             Ok(d) => d,
             Err(_) => unreachable!("0 never exceeds the capacity"),
         }
@@ -422,10 +430,12 @@ impl<C: Clock> TokenBucket<C> {
     /// Replaces the limit while calls go on, atomically: every call is decided wholly under
     /// the old limit or wholly under the new one. The tokens carry over as `inherit` says;
     /// refills under the new limit count from the step of this call. Calls that race the swap
-    /// wait the few instructions it takes. At most [`MAX_RECONFIGURATIONS`] per bucket (each
-    /// replaced limit is kept, about 200 bytes, until the bucket drops: a call may still use it).
-    /// Setting the limit already in force with [`Inherit::Keep`] or [`Inherit::Proportional`]
-    /// changes nothing and does not count (a configuration reload may call this freely).
+    /// wait the few instructions it takes (so calls are lock-free except during a swap). At most
+    /// [`MAX_RECONFIGURATIONS`] per bucket (each replaced limit is kept until the bucket drops,
+    /// as a call may still use it: a few hundred bytes each, and a 4 KiB table at the first
+    /// change). Setting the limit already in force changes nothing and does not count (a
+    /// configuration reload may call this freely); with [`Inherit::Reset`] it is a
+    /// [`reset`](TokenBucket::reset).
     ///
     /// ```
     /// use tollgate::{Inherit, Limit, TokenBucket};
@@ -447,8 +457,12 @@ impl<C: Clock> TokenBucket<C> {
     ) -> Result<Decision, TooManyReconfigurations> {
         let _serial = self.reconfig.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.node();
-        if limit == old.limit && inherit != Inherit::Reset {
-            return Ok(self.snapshot());
+        if limit == old.limit {
+            // Nothing to convert: `Reset` is a plain reset, the others change nothing.
+            return Ok(match inherit {
+                Inherit::Reset => self.reset(),
+                Inherit::Keep | Inherit::Proportional => self.snapshot(),
+            });
         }
         // Relaxed: reconfigurations are serialized by the lock, which orders this load.
         let index = self.current.load(Ordering::Relaxed);
@@ -468,12 +482,7 @@ impl<C: Clock> TokenBucket<C> {
         let now = self.clock.now();
         let t = now.saturating_sub(self.epoch);
         // Seal the old word: from here no call can change it, and its state is final.
-        let word = loop {
-            let word = old.cell.load();
-            if old.cell.tombstone(word) {
-                break word;
-            }
-        };
+        let word = old.cell.seal_now();
         let word = state::convert_word(&old.steps, word, t, &steps, inherit);
         node.cell.set(word);
         let k = steps.step_index(t);

@@ -5,8 +5,9 @@
 //!
 //! - Hit: hash the key once, pick the shard from the hash, `get` under a pinned guard, then the
 //!   bucket's own CAS loop on the cell in place. No allocation, no map write.
-//! - First touch: `try_insert_with` a full bucket whose mark is the caller's step; racing first
-//!   touches create one bucket (the losers get the winner's cell).
+//! - First touch: `try_insert_with` the slot's untouched bucket (full, but for a `Keep` raise)
+//!   at the caller's step, already charged; racing first touches create one bucket (the losers
+//!   look the key up again).
 //! - Eviction: a bucket is removed only when [`is_evictable`](crate::state::Steps::is_evictable):
 //!   full, and already full `idle_steps` ago. The evictor first swaps the word to the tombstone
 //!   with a CAS from the word it checked (so no acquire landed in between), then removes the
@@ -121,8 +122,8 @@ enum Touch {
     Inserted(Decision),
     /// The key was there (another thread inserted it): look it up again.
     Existing,
-    /// No room: the key cap is reached.
-    Full,
+    /// No room: the key cap is reached (the key's slot, for the answer).
+    Full(usize),
     /// More tokens than the key's tier holds.
     TooMany(InsufficientCapacity),
 }
@@ -340,8 +341,8 @@ impl<K, S> KeyedLimiterBuilder<K, S> {
         self
     }
 
-    /// Count decisions and evictions, for [`KeyedLimiter::stats`]. Default: off (each call
-    /// then costs one uncontended atomic add on a per-thread counter line).
+    /// Count decisions and evictions, for [`KeyedLimiter::stats`]. Default: off. When on, each
+    /// call costs one atomic add on a counter line its thread mostly owns.
     pub fn stats(mut self, on: bool) -> Self {
         self.stats = on;
         self
@@ -499,6 +500,23 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         d
     }
 
+    /// SPEC's exact peek at `key` (as `try_acquire_key(key, 0)`) ahead of a request for `n`
+    /// tokens: counted in the stats only as the denial it foretells, if it does (a grant is
+    /// counted by the take that follows).
+    pub(crate) fn peek_for<Q>(&self, key: &Q, n: u64) -> Result<Decision, InsufficientCapacity>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let d = self.decide(key, 0)?;
+        if let Some(c) = &self.counters {
+            if d.remaining() < n && n <= d.limit() {
+                c.decided(false);
+            }
+        }
+        Ok(d)
+    }
+
     #[inline(always)]
     fn decide<Q>(&self, key: &Q, n: u64) -> Result<Decision, InsufficientCapacity>
     where
@@ -510,20 +528,15 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         let probe = Probe { hash, key };
         let pinned = shard.map.pin();
         loop {
-            let (slot, cell) = match pinned.get(&probe) {
+            let (tier, cell) = match self.entry(&pinned, &probe) {
                 Some(found) => found,
                 None => match self.first_touch(shard, &pinned, &probe, n, now) {
                     Touch::Inserted(d) => return Ok(d),
                     Touch::Existing => continue,
-                    Touch::Full => return Ok(self.at_capacity(n, now)),
+                    Touch::Full(slot) => return Ok(self.at_capacity(slot, n, now)),
                     Touch::TooMany(e) => return Err(e),
                 },
             };
-            let tier = self.tier(slot);
-            if tier.is_replaced() {
-                self.migrate(&pinned, &probe, slot, cell);
-                continue;
-            }
             if n > tier.steps.cap {
                 return Err(InsufficientCapacity {
                     requested: n,
@@ -534,6 +547,28 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
                 return Ok(d);
             }
             self.dead(&pinned, &probe, cell);
+        }
+    }
+
+    /// The key's entry under the limit in force: its slot's limit and its cell (an entry under
+    /// a replaced slot is moved over first). `None` when the key has no entry.
+    #[inline(always)]
+    fn entry<'p, Q>(
+        &'p self,
+        pinned: &'p Pinned<'_, K>,
+        probe: &Probe<'_, Q>,
+    ) -> Option<(&'p Tier, &'p Cell)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        loop {
+            let (slot, cell) = pinned.get(probe)?;
+            let tier = self.tier(slot);
+            if !tier.is_replaced() {
+                return Some((tier, cell));
+            }
+            self.migrate(pinned, probe, slot, cell);
         }
     }
 
@@ -604,9 +639,9 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         }
     }
 
-    /// A miss: maybe sweep the shard, then insert the key's bucket: a full bucket marked at the
-    /// step of `now`, already charged with this call's `n` tokens (inserting it publishes the
-    /// acquisition, so no CAS follows).
+    /// A miss: maybe sweep the shard, then insert the key's bucket: its slot's untouched bucket
+    /// at the step of `now`, already charged with this call's `n` tokens (inserting it
+    /// publishes the acquisition, so no CAS follows).
     #[cold]
     fn first_touch<Q>(
         &self,
@@ -638,7 +673,9 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         let capped = self.max_keys != usize::MAX;
         if capped && !self.reserve(shard, pinned, now) {
             // The key may have been inserted meanwhile by another thread.
-            return pinned.get(probe).map_or(Touch::Full, |_| Touch::Existing);
+            return pinned
+                .get(probe)
+                .map_or(Touch::Full(slot), |_| Touch::Existing);
         }
         let k = tier.steps.step_index(now.saturating_sub(self.epoch));
         let fresh = tier.fresh_word(k);
@@ -704,15 +741,17 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
             .step_index(now.saturating_sub(self.epoch))
     }
 
+    /// The answer for a new key under slot `slot` at the key cap.
     #[cold]
-    fn at_capacity(&self, n: u64, now: u64) -> Decision {
+    fn at_capacity(&self, slot: usize, n: u64, now: u64) -> Decision {
         if self.at_capacity == AtCapacity::Overflow {
-            if let Ok(d) = self.overflow.try_acquire(n) {
+            if let Ok(d) = self.overflow.take_at(n, now) {
                 return d;
             }
         }
-        // Deny (or more than tier 0's capacity): as from an empty bucket.
-        let steps = &self.tier(self.current_slot(0)).steps;
+        // Deny (or more than the overflow bucket holds): as from an empty bucket of the key's
+        // own limit.
+        let steps = &self.tier(slot).steps;
         let k = steps.step_index(now.saturating_sub(self.epoch));
         let out = state::step(steps, steps.empty(k), k, n.min(steps.cap));
         Decision::new(steps, &out, n, now, self.epoch)
@@ -849,32 +888,26 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         let (hash, shard) = self.shard_of(key);
         let probe = Probe { hash, key };
         let pinned = shard.map.pin();
-        let mut peeked = false;
+        let mut inserted = false;
         loop {
-            if let Some((slot, cell)) = pinned.get(&probe) {
-                let tier = self.tier(slot);
-                if tier.is_replaced() {
-                    self.migrate(&pinned, &probe, slot, cell);
-                    continue;
-                }
+            if let Some((tier, cell)) = self.entry(&pinned, &probe) {
                 if let Some(d) = cell.update(&tier.steps, now, self.epoch, n, op) {
                     return d;
                 }
-                if cell.load() != TOMBSTONE {
-                    crate::sync::yield_now(); // sealed: being moved to a new limit
-                    continue;
-                }
+                self.dead(&pinned, &probe, cell);
+                continue;
             }
             let tier = self.tier(self.current_slot(self.tier_of(&key.to_owned())));
             let k = tier.steps.step_index(now.saturating_sub(self.epoch));
             let (tokens, _) = tier.fresh(k);
-            if tokens == tier.steps.cap || peeked {
+            if tokens == tier.steps.cap || inserted {
                 let out = op(&tier.steps, tier.fresh_word(k), k, n);
                 return Decision::new(&tier.steps, &out, 0, now, self.epoch);
             }
-            // Not full: the change must be recorded, so create the bucket and go again.
-            peeked = true;
-            let _ = self.decide(key, 0);
+            // Not full: the change must be recorded, so create the bucket (an exact peek) and
+            // go again. At the key cap nothing is created and the answer is computed as above.
+            inserted = true;
+            let _ = self.first_touch(shard, &pinned, &probe, 0, now);
         }
     }
 
@@ -921,16 +954,6 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         self.counters.as_ref().map(|c| c.read())
     }
 
-    /// The number of keys held (buckets in the maps).
-    pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.map.pin().len()).sum()
-    }
-
-    /// Whether no key is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The idle time after which a full bucket may be evicted.
     pub fn idle_ttl(&self) -> Duration {
         self.idle_ttl
@@ -939,6 +962,19 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     /// The number of shards.
     pub fn shards(&self) -> usize {
         self.shards.len()
+    }
+}
+
+/// Size.
+impl<K: Hash + Eq, S> KeyedLimiter<K, S> {
+    /// The number of keys held (buckets in the maps).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.map.pin().len()).sum()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -953,15 +989,15 @@ impl<K, S> KeyedLimiter<K, S> {
         }
     }
 
-    /// Slot `i` beyond the tiers (added by a change).
-    #[cold]
-    #[inline(never)]
+    /// Slot `i` beyond the tiers (added by a change): after a change, every call on a key of
+    /// that tier comes here, so it is not cold.
+    #[inline]
     fn later_tier(&self, i: usize) -> &Tier {
         self.later
             .get()
             .and_then(|later| later.get(i - self.first.len()))
             .and_then(OnceLock::get)
-            .map_or(&self.first[0], |tier| tier)
+            .expect("a slot is published before an entry or a tier names it")
     }
 
     /// The slot in force for tier `tier`.
@@ -1175,10 +1211,7 @@ impl<K: Hash + Eq, S> std::fmt::Debug for KeyedLimiter<K, S> {
         f.debug_struct("KeyedLimiter")
             .field("limit", self.limit())
             .field("tiers", &self.current.len())
-            .field(
-                "keys",
-                &self.shards.iter().map(|s| s.map.pin().len()).sum::<usize>(),
-            )
+            .field("keys", &self.len())
             .field("shards", &self.shards.len())
             .field("idle_ttl", &self.idle_ttl)
             .field("clock", &self.clock)

@@ -26,18 +26,20 @@ impl MultiDecision {
     }
 }
 
-/// Runs one all-or-nothing call over `n_limits` limits: first a peek at every limit (a denial
-/// there consumes nothing, and is the common case under a flood); then a take from each in
-/// order. A take that fails after its peek passed (another caller got there first) gives back
-/// what this call took before it, and the call is denied by that limit.
+/// Runs one all-or-nothing call over `n_limits` limits: first a `peek(i, n)` at every limit (a
+/// denial there consumes nothing, and is the common case under a flood); then a take from each
+/// in order. A take that fails after its peek passed (another caller got there first, or the
+/// limit was changed meanwhile) gives back what this call took before it, and the call is
+/// denied by that limit (or fails, for a capacity now below `n`).
 fn all_or_nothing(
     n_limits: usize,
     n: u64,
+    peek: impl Fn(usize, u64) -> Result<Decision, InsufficientCapacity>,
     acquire: impl Fn(usize, u64) -> Result<Decision, InsufficientCapacity>,
     refund: impl Fn(usize, u64),
 ) -> Result<MultiDecision, InsufficientCapacity> {
     for i in 0..n_limits {
-        let peek = acquire(i, 0)?;
+        let peek = peek(i, n)?;
         if n > peek.limit() {
             return Err(InsufficientCapacity {
                 requested: n,
@@ -54,11 +56,14 @@ fn all_or_nothing(
     }
     let mut best: Option<MultiDecision> = None;
     for i in 0..n_limits {
-        let decision = acquire(i, n)?;
-        if decision.is_denied() {
+        let taken = acquire(i, n);
+        if !matches!(taken, Ok(d) if d.is_allowed()) {
             for j in 0..i {
                 refund(j, n);
             }
+        }
+        let decision = taken?;
+        if decision.is_denied() {
             return Ok(MultiDecision { decision, limit: i });
         }
         if best.is_none_or(|b| decision.remaining() < b.decision.remaining()) {
@@ -122,6 +127,7 @@ impl<C: Clock> MultiBucket<C> {
         all_or_nothing(
             self.buckets.len(),
             n,
+            |i, _| self.buckets[i].try_acquire(0),
             |i, n| self.buckets[i].try_acquire(n),
             |i, n| {
                 self.buckets[i].refund(n);
@@ -143,7 +149,8 @@ impl<C: Clock> MultiBucket<C> {
     }
 }
 
-/// Keys under several limits: one [`KeyedLimiter`] per limit (one lookup per limit).
+/// Keys under several limits: one [`KeyedLimiter`] per limit (a grant peeks at and then takes
+/// from each: two lookups per limit).
 ///
 /// ```
 /// use tollgate::{Limit, MultiKeyedLimiter};
@@ -189,8 +196,9 @@ impl<K: Hash + Eq, S: BuildHasher> MultiKeyedLimiter<K, S> {
         all_or_nothing(
             self.limiters.len(),
             n,
-            // The peek is `try_acquire_key(key, 0)`, SPEC's exact peek (it records a new key's
-            // bucket, whose mark later stale readings must see).
+            // SPEC's exact peek (it records a new key's bucket, whose mark later stale readings
+            // must see), counted in the stats only as a denial.
+            |i, n| self.limiters[i].peek_for(key, n),
             |i, n| self.limiters[i].try_acquire_key(key, n),
             |i, n| {
                 self.limiters[i].refund_key(key, n);

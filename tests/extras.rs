@@ -414,11 +414,12 @@ fn set_limit_carries_tokens_over_by_policy() {
         b.set_limit(same, Inherit::Keep).unwrap(); // the limit in force: changes nothing
     }
     let other = Limit::new(3, 3, Duration::from_secs(4)).unwrap();
-    for i in 4..MAX_RECONFIGURATIONS {
-        b.set_limit(if i % 2 == 0 { other } else { same }, Inherit::Keep)
+    // Three changes so far (a reset to the same limit is a plain reset, and does not count).
+    for i in 3..MAX_RECONFIGURATIONS {
+        b.set_limit(if i % 2 == 1 { other } else { same }, Inherit::Keep)
             .unwrap();
     }
-    assert!(b.set_limit(same, Inherit::Keep).is_err());
+    assert!(b.set_limit(other, Inherit::Keep).is_err());
     assert_eq!(
         b.snapshot().remaining(),
         3,
@@ -616,4 +617,49 @@ fn keyed_set_limit_under_load_never_invents_tokens() {
         .map(|k| limiter.snapshot_key(&k).remaining())
         .sum();
     assert_eq!(granted.into_inner() + left, 100 * keys);
+}
+
+#[test]
+fn multi_limit_stats_count_each_call_once() {
+    use tollgate::MultiKeyedLimiter;
+    let build = |c| {
+        KeyedLimiter::builder(Limit::new(c, 1, Duration::from_secs(3600)).unwrap())
+            .clock(ManualClock::new())
+            .stats(true)
+            .build()
+    };
+    let limits: MultiKeyedLimiter<String> = MultiKeyedLimiter::from_limiters(build(2), [build(5)]);
+    assert!(limits.check_key("a").is_allowed());
+    assert!(limits.check_key("a").is_allowed());
+    let d = limits.check_key("a");
+    assert_eq!((d.is_allowed(), d.limit), (false, 0));
+    let first = limits.limiters()[0].stats().unwrap();
+    let second = limits.limiters()[1].stats().unwrap();
+    assert_eq!(
+        (first.allowed, first.denied),
+        (2, 1),
+        "peeks are not decisions"
+    );
+    assert_eq!((second.allowed, second.denied), (2, 0));
+}
+
+#[test]
+fn at_the_key_cap_a_denial_is_under_the_keys_own_tier() {
+    use tollgate::AtCapacity;
+    let limiter: KeyedLimiter<String> = KeyedLimiter::builder(Limit::per_minute(10).unwrap())
+        .tiers([Limit::per_minute(100).unwrap()], |k: &String| {
+            usize::from(k.starts_with("pro"))
+        })
+        .clock(ManualClock::new())
+        .max_keys(0, AtCapacity::Deny)
+        .build();
+    let d = limiter.check_key("pro-a");
+    assert!(d.is_denied());
+    assert_eq!(d.limit(), 100);
+    assert_eq!(
+        d.retry_after(),
+        Duration::from_millis(600),
+        "one token of 100 per minute"
+    );
+    assert_eq!(limiter.check_key("free").limit(), 10);
 }
