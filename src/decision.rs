@@ -75,11 +75,10 @@ impl Decision {
         }
     }
 
-    /// The time its limit takes to fill an empty bucket (the `w` of `RateLimit-Policy`).
+    /// The numbers of the limit this decision was made under.
     #[cfg(feature = "http")]
-    pub(crate) fn time_to_fill(&self) -> std::time::Duration {
-        let r = &self.rate;
-        std::time::Duration::from_nanos(r.step_start(r.cap.div_ceil(r.q)))
+    pub(crate) fn rate(&self) -> &Rate {
+        &self.rate
     }
 
     /// The clock reading of the call (nanoseconds, the limiter's clock).

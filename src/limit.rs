@@ -403,8 +403,7 @@ impl Limit {
     /// # Ok::<(), tollgate::LimitError>(())
     /// ```
     pub fn time_to_fill(&self) -> Duration {
-        let s = &self.steps;
-        Duration::from_nanos(s.rate().step_start(s.cap.div_ceil(s.q)))
+        self.steps.time_to_fill()
     }
 
     pub(crate) fn steps(&self) -> &Steps {

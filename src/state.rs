@@ -7,7 +7,8 @@
 //! Time `t` is nanoseconds since the limiter's epoch. It is cut into steps:
 //! `k(t) = floor(t * a / b)`, with `q` tokens per step. Interval mode: `a = 1, b = I, q = R`;
 //! greedy mode: `a = R, b = I, q = 1` (I in nanoseconds). `a / b` is reduced by its gcd when
-//! the limit is built, so most limits run with `a = 1` (one `u64` division per call).
+//! the limit is built, so most limits run with `a = 1` (and the division by `b` is a multiply,
+//! see [`Divisor`]; most calls skip it, see [`Steps::step_index_near`]).
 //! The first instant of step `j` is `T(j) = ceil(j * b / a)`.
 //!
 //! # Layout of the word
@@ -21,7 +22,7 @@
 //!
 //! `token_bits` is the smallest width in which `C + 1` fits, so the all-ones token field
 //! never holds a valid count: the word `u64::MAX` is the tombstone that eviction uses.
-//! With the largest capacity, 2^24, tokens take 25 bits and the mark 39.
+//! With the largest capacity, 2^32, tokens take 33 bits and the mark 31.
 //!
 //! # Wrap
 //!
@@ -66,6 +67,11 @@ pub(crate) struct Rate {
 }
 
 impl Rate {
+    /// The time an empty bucket takes to fill: the start of step `ceil(C / q)`.
+    pub(crate) fn time_to_fill(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.step_start(self.cap.div_ceil(self.q)))
+    }
+
     /// `T(j) = ceil(j * b / a)`: the first nanosecond (since the epoch) of step `j`,
     /// saturating at `u64::MAX`. Off the hot path: decisions compute their waits when asked.
     pub(crate) fn step_start(&self, j: u64) -> u64 {

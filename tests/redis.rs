@@ -72,6 +72,15 @@ impl Server {
         }
     }
 
+    /// Sends `SIGSTOP` / `SIGCONT`: a frozen server keeps its socket open but never answers.
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill -{sig} {pid}");
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -450,4 +459,83 @@ async fn limits_the_script_cannot_run_exactly_are_rejected() {
         redis.try_acquire(b"k", 6).await,
         Err(RedisLimitError::InsufficientCapacity(_))
     ));
+}
+
+/// A server that stops answering (frozen, its socket still open): every call is answered by
+/// the failure policy once the timeout has passed, not later; through the HTTP layer such a
+/// made-up decision carries no rate-limit headers.
+#[tokio::test]
+async fn a_frozen_server_is_answered_by_the_policy_at_the_timeout() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let timeout = Duration::from_millis(100);
+    let open = RedisLimiter::builder(&server.url(), Limit::per_second(100).unwrap(), "frozen:")
+        .timeout(timeout)
+        .on_failure(OnFailure::FailOpen)
+        .connect()
+        .await
+        .unwrap();
+    assert!(!open.try_acquire(b"k", 1).await.unwrap().is_degraded());
+    server.signal("STOP");
+    for _ in 0..3 {
+        let started = Instant::now();
+        let d = open.try_acquire(b"k", 1).await.unwrap();
+        let took = started.elapsed();
+        assert!(d.is_allowed() && d.is_degraded());
+        assert!(
+            took >= timeout && took < timeout + Duration::from_millis(400),
+            "answered after {took:?}"
+        );
+    }
+    #[cfg(feature = "http")]
+    {
+        use tower::{Layer, ServiceExt};
+        let layer = tollgate::http::RateLimitLayer::builder(open)
+            .build()
+            .unwrap();
+        type Empty = http_body_util::Empty<bytes::Bytes>;
+        let service = layer.layer(tower::service_fn(|_: http::Request<Empty>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+        }));
+        let response = service
+            .oneshot(http::Request::new(Empty::new()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        assert!(response.headers().get("ratelimit").is_none());
+        assert!(response.headers().get("ratelimit-policy").is_none());
+    }
+    server.signal("CONT");
+}
+
+/// Through the HTTP backend, keys of different kinds never share a bucket (as in a
+/// `KeyedLimiter<Key>`): the global key is not the API key `*`, nor the text `1.2.3.4` the IP.
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn http_keys_of_different_kinds_are_different_buckets() {
+    use tollgate::http::{Backend, Key};
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let hour = Limit::per_hour(1).unwrap();
+    let limiter = RedisLimiter::new(&server.url(), hour, "kinds:")
+        .await
+        .unwrap();
+    let ip: std::net::IpAddr = "1.2.3.4".parse().unwrap();
+    let keys = [
+        Key::Global,
+        Key::Header(http::HeaderValue::from_static("*")),
+        Key::Ip(ip),
+        Key::Text("1.2.3.4".into()),
+        Key::Bytes(bytes::Bytes::from_static(b"1.2.3.4")),
+    ];
+    for key in &keys {
+        let d = limiter.acquire(key, 1).await.unwrap().unwrap();
+        assert!(d.is_allowed(), "{key:?} has a bucket of its own");
+    }
+    for key in &keys {
+        let d = limiter.acquire(key, 1).await.unwrap().unwrap();
+        assert!(d.is_denied(), "{key:?} spent its one token");
+    }
 }

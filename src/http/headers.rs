@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
 
+use crate::state::Rate;
 use crate::{Decision, Limit};
 
 /// Which rate-limit headers a response carries.
@@ -79,17 +80,9 @@ pub(crate) struct Headers {
     style: HeaderStyle,
     /// The policy name as an sf-string.
     name: String,
-    /// `RateLimit-Policy` of the backend's limit, rendered once, and its (quota, window).
+    /// The backend's limit, and its `RateLimit-Policy` rendered once.
+    rate: Rate,
     policy: HeaderValue,
-    policy_of: (u64, u64),
-    /// `X-RateLimit-Limit` of the backend's limit, rendered once.
-    limit: HeaderValue,
-}
-
-/// A limit's `RateLimit-Policy` numbers: the quota and the window `w`, the seconds to refill
-/// from empty (at least 1).
-fn quota_and_window(capacity: u64, time_to_fill: Duration) -> (u64, u64) {
-    (capacity, ceil_secs(time_to_fill).max(1))
 }
 
 impl Headers {
@@ -99,19 +92,20 @@ impl Headers {
         limit: &Limit,
     ) -> Result<Headers, PolicyNameError> {
         let name = sf_string(name)?;
-        let policy_of = quota_and_window(limit.capacity(), limit.time_to_fill());
+        let rate = *limit.steps().rate();
         Ok(Headers {
             style,
-            policy: policy_value(&name, policy_of),
-            policy_of,
-            limit: HeaderValue::from(limit.capacity()),
+            policy: policy_value(&name, &rate),
+            rate,
             name,
         })
     }
 
     /// Adds the rate-limit headers for `decision` to `headers`.
+    /// A degraded decision (made by a backend's failure policy, not from the store) gets none:
+    /// its numbers describe no bucket.
     pub(crate) fn apply(&self, decision: &Decision, headers: &mut HeaderMap) {
-        if self.style == HeaderStyle::None {
+        if self.style == HeaderStyle::None || decision.is_degraded() {
             return;
         }
         let mut value = String::with_capacity(self.name.len() + 32);
@@ -122,25 +116,17 @@ impl Headers {
             HeaderValue::try_from(value).expect("ASCII by construction"),
         );
         // The decision's own limit: a key's tier, or a limit changed since the layer was built.
-        let of = quota_and_window(decision.limit(), decision.time_to_fill());
-        let same = of == self.policy_of;
+        let rate = decision.rate();
         headers.insert(
             RATELIMIT_POLICY,
-            if same {
+            if *rate == self.rate {
                 self.policy.clone()
             } else {
-                policy_value(&self.name, of)
+                policy_value(&self.name, rate)
             },
         );
         if self.style == HeaderStyle::IetfAndLegacy {
-            headers.insert(
-                X_LIMIT,
-                if same {
-                    self.limit.clone()
-                } else {
-                    HeaderValue::from(of.0)
-                },
-            );
+            headers.insert(X_LIMIT, HeaderValue::from(decision.limit()));
             headers.insert(X_REMAINING, HeaderValue::from(decision.remaining()));
             headers.insert(
                 X_RESET,
@@ -150,8 +136,9 @@ impl Headers {
     }
 }
 
-/// `RateLimit-Policy`: `name;q=quota;w=window`.
-fn policy_value(name: &str, (q, w): (u64, u64)) -> HeaderValue {
+/// `RateLimit-Policy`: `name;q=<capacity>;w=<seconds to refill from empty, at least 1>`.
+fn policy_value(name: &str, rate: &Rate) -> HeaderValue {
+    let (q, w) = (rate.cap, ceil_secs(rate.time_to_fill()).max(1));
     HeaderValue::try_from(format!("{name};q={q};w={w}")).expect("ASCII by construction")
 }
 

@@ -398,12 +398,17 @@ where
                                     decision: None,
                                 }
                             }
-                            OnBackendError::FailClosed => State::Done {
-                                response: Some(problem_response(
-                                    StatusCode::SERVICE_UNAVAILABLE,
-                                    &format!("the rate limiter is unavailable: {error}"),
-                                )),
-                            },
+                            OnBackendError::FailClosed => {
+                                // The error (hosts, server messages) goes to the log, not to
+                                // the client.
+                                tracing::warn!(%error, "rate-limit backend failed; request refused (fail closed)");
+                                State::Done {
+                                    response: Some(problem_response(
+                                        StatusCode::SERVICE_UNAVAILABLE,
+                                        "the rate limiter is unavailable",
+                                    )),
+                                }
+                            }
                         },
                     };
                     this.state.set(next);
@@ -411,25 +416,23 @@ where
                 StateProj::Peeking { check } => {
                     let verdict = ready!(check.poll(cx));
                     let config = this.config.as_ref().expect("set while peeking");
-                    let response = match verdict {
+                    let mut response = problem_response(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "the request costs more than the limit's capacity: it can never be \
+                         granted",
+                    );
+                    // Retry-After (SPEC §5: every 429 has one): the time to fill the key's
+                    // bucket, or the layer's limit's when the peek failed.
+                    let fill = match verdict {
                         Ok(Ok(d)) => {
-                            let mut r = problem_response(
-                                StatusCode::TOO_MANY_REQUESTS,
-                                "the request costs more than the limit's capacity: it can \
-                                 never be granted",
-                            );
-                            config.headers.apply(&d, r.headers_mut());
-                            r.headers_mut().insert(
-                                http::header::RETRY_AFTER,
-                                headers::retry_after(config.backend.limit().time_to_fill()),
-                            );
-                            r
+                            config.headers.apply(&d, response.headers_mut());
+                            d.rate().time_to_fill()
                         }
-                        _ => problem_response(
-                            StatusCode::TOO_MANY_REQUESTS,
-                            "the request costs more than the limit's capacity",
-                        ),
+                        _ => config.backend.limit().time_to_fill(),
                     };
+                    response
+                        .headers_mut()
+                        .insert(http::header::RETRY_AFTER, headers::retry_after(fill));
                     this.state.set(State::Done {
                         response: Some(response),
                     });
@@ -466,10 +469,8 @@ fn denied(headers: &Headers, d: &Decision) -> Response<Bytes> {
         &format!("rate limit exceeded; retry after {wait} s"),
     );
     headers.apply(d, r.headers_mut());
-    r.headers_mut().insert(
-        http::header::RETRY_AFTER,
-        headers::retry_after(d.retry_after()),
-    );
+    r.headers_mut()
+        .insert(http::header::RETRY_AFTER, http::HeaderValue::from(wait));
     r
 }
 

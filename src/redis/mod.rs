@@ -105,16 +105,18 @@ struct Denied {
 }
 
 /// A Redis-backed limiter: every key's bucket lives in Redis, shared by all processes that use
-/// the same URL, limit and prefix.
+/// the same URL, limit and prefix. Cloning is cheap: clones share the connection, the script
+/// and the denial cache.
+#[derive(Clone)]
 pub struct RedisLimiter {
     con: ConnectionManager,
-    script: redis::Script,
+    script: Arc<redis::Script>,
     limit: Limit,
     steps: Steps,
     /// a and b in microseconds (the script's units).
     a: u64,
     b_us: u64,
-    prefix: Vec<u8>,
+    prefix: Arc<[u8]>,
     timeout: Duration,
     on_failure: OnFailure,
     denials: Option<Arc<DenialCache>>,
@@ -206,12 +208,12 @@ impl RedisLimiterBuilder {
         .map_err(|e| RedisLimitError::Unavailable(e.to_string()))?;
         Ok(RedisLimiter {
             con,
-            script: redis::Script::new(SCRIPT),
+            script: Arc::new(redis::Script::new(SCRIPT)),
             limit,
             steps,
             a,
             b_us,
-            prefix: self.prefix,
+            prefix: self.prefix.into(),
             timeout: self.timeout,
             on_failure: self.on_failure,
             denials: self.denial_cache.map(|cap| {
@@ -438,14 +440,17 @@ impl crate::http::Backend for RedisLimiter {
 
     fn acquire(&self, key: &crate::http::Key, cost: u64) -> Self::Future {
         use crate::http::Key;
+        // A tag per kind of key, so keys of different kinds never share a bucket (as they do
+        // not in a `KeyedLimiter<Key>`): the global key is not the API key `*`.
+        let tagged = |tag: &[u8], body: &[u8]| [tag, body].concat();
         let bytes: Vec<u8> = match key {
-            Key::Global => b"*".to_vec(),
-            Key::Ip(ip) => ip.to_string().into_bytes(),
-            Key::Header(v) => v.as_bytes().to_vec(),
-            Key::Bytes(b) => b.to_vec(),
-            Key::Text(t) => t.as_bytes().to_vec(),
+            Key::Global => b"g".to_vec(),
+            Key::Ip(ip) => tagged(b"i:", ip.to_string().as_bytes()),
+            Key::Header(v) => tagged(b"h:", v.as_bytes()),
+            Key::Bytes(b) => tagged(b"b:", b),
+            Key::Text(t) => tagged(b"t:", t.as_bytes()),
         };
-        let this = self.clone_handle();
+        let this = self.clone();
         Box::pin(async move {
             match this.try_acquire(&bytes, cost).await {
                 Ok(d) => Ok(Ok(d)),
@@ -457,23 +462,5 @@ impl crate::http::Backend for RedisLimiter {
 
     fn limit(&self) -> &Limit {
         &self.limit
-    }
-}
-
-impl RedisLimiter {
-    /// A handle sharing the connection (cheap: the connection manager is a handle).
-    fn clone_handle(&self) -> RedisLimiter {
-        RedisLimiter {
-            con: self.con.clone(),
-            script: self.script.clone(),
-            limit: self.limit,
-            steps: self.steps,
-            a: self.a,
-            b_us: self.b_us,
-            prefix: self.prefix.clone(),
-            timeout: self.timeout,
-            on_failure: self.on_failure,
-            denials: self.denials.clone(),
-        }
     }
 }
