@@ -86,17 +86,19 @@ mod waiting {
 
     #[tokio::test]
     async fn waits_for_the_refill_and_consumes() {
+        // Read before the bucket's epoch: the refill comes 40 ms after the epoch, so at least
+        // 40 ms after this.
+        let start = Instant::now();
         let b = TokenBucket::with_clock(
             Limit::new(2, 2, Duration::from_millis(40)).unwrap(),
             tollgate::MonotonicClock::new(),
         );
-        let start = Instant::now();
         assert!(b.acquire(2).await.unwrap().is_allowed());
         let d = b.acquire(2).await.unwrap();
         assert!(d.is_allowed());
         assert_eq!(d.remaining(), 0, "the grant consumed the tokens");
         assert!(
-            start.elapsed() >= Duration::from_millis(35),
+            start.elapsed() >= Duration::from_millis(40),
             "{:?}",
             start.elapsed()
         );
@@ -124,27 +126,52 @@ mod waiting {
     }
 
     #[tokio::test]
-    async fn many_waiters_share_the_refills_fairly_enough() {
+    async fn many_waiters_get_one_refill_each() {
+        // Read before the limiter's epoch, so token `i` (arriving at epoch + 5 ms * i) is
+        // granted at least 5 ms * i after this.
+        let start = Instant::now();
         let limiter = Arc::new(
             KeyedLimiter::<u32>::builder(Limit::new(1, 1, Duration::from_millis(5)).unwrap())
                 .clock(tollgate::MonotonicClock::new())
                 .build(),
         );
-        let start = Instant::now();
         let tasks: Vec<_> = (0..8)
             .map(|_| {
                 let l = limiter.clone();
                 tokio::spawn(async move {
-                    let b = TokenBucket::new(Limit::per_second(1).unwrap());
-                    let _ = b.acquire_with_jitter(1, Duration::from_millis(2)).await;
-                    l.acquire_key(&7, 1).await.unwrap().is_allowed()
+                    let d = l.acquire_key(&7, 1).await.unwrap();
+                    (d.is_allowed(), start.elapsed())
                 })
             })
             .collect();
+        let mut granted_at = Vec::new();
         for t in tasks {
-            assert!(t.await.unwrap());
+            let (allowed, at) = t.await.unwrap();
+            assert!(allowed, "acquire returns grants only");
+            granted_at.push(at);
         }
-        // 8 grants from a bucket of 1 refilled every 5 ms: at least 35 ms.
+        granted_at.sort();
+        for (i, at) in granted_at.iter().enumerate() {
+            assert!(
+                *at >= Duration::from_millis(5) * i as u32,
+                "grant {i} at {at:?}: before its token"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn jitter_never_makes_a_wait_early() {
+        let start = Instant::now();
+        let b = TokenBucket::with_clock(
+            Limit::new(1, 1, Duration::from_millis(30)).unwrap(),
+            tollgate::MonotonicClock::new(),
+        );
+        b.try_acquire(1).unwrap();
+        let d = b
+            .acquire_with_jitter(1, Duration::from_millis(20))
+            .await
+            .unwrap();
+        assert!(d.is_allowed());
         assert!(
             start.elapsed() >= Duration::from_millis(30),
             "{:?}",
@@ -186,8 +213,10 @@ fn tiers_give_each_key_its_limit_with_one_lookup() {
         limiter.try_acquire_key("bob", 3).is_err(),
         "above the free capacity"
     );
-    assert!(
-        limiter.try_acquire_key("pro-new", 3).is_ok(),
+    let d = limiter.try_acquire_key("pro-new", 3).unwrap();
+    assert_eq!(
+        (d.is_allowed(), d.limit(), d.remaining()),
+        (true, 100, 97),
         "within the pro capacity"
     );
     // Each tier refills on its own schedule: after 1 s, pro got 10 back, free nothing.

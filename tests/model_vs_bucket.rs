@@ -95,7 +95,6 @@ fn scale(op: (u8, u64), cap: u64, step_ns: u64) -> Op {
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 4_000,
-        failure_persistence: None,
         ..ProptestConfig::default()
     })]
 

@@ -7,4 +7,6 @@ mod model;
 #[path = "../../tests/fuzzing/mod.rs"]
 mod fuzzing;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| fuzzing::keyed_vs_model(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    fuzzing::keyed_vs_model(data);
+});

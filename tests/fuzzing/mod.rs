@@ -13,9 +13,10 @@ use crate::model::keyed::{check_keyed, KOp};
 use crate::model::{check_trace, Op};
 
 /// An arbitrary limit (both modes, any sizes, biased to the edges) and trace, through the
-/// bucket and the model: every decision equal.
-pub fn bucket_vs_model(data: &[u8]) {
-    let _ = try_bucket_vs_model(&mut Unstructured::new(data));
+/// bucket and the model: every decision equal. Returns the number of decisions compared (0
+/// when the input runs out before a trace, or the limit is rejected).
+pub fn bucket_vs_model(data: &[u8]) -> usize {
+    try_bucket_vs_model(&mut Unstructured::new(data)).unwrap_or(0)
 }
 
 fn edgy(u: &mut Unstructured<'_>, max: u64) -> Result<u64> {
@@ -28,7 +29,7 @@ fn edgy(u: &mut Unstructured<'_>, max: u64) -> Result<u64> {
     })
 }
 
-fn try_bucket_vs_model(u: &mut Unstructured<'_>) -> Result<()> {
+fn try_bucket_vs_model(u: &mut Unstructured<'_>) -> Result<usize> {
     let cap = edgy(u, tollgate::MAX_CAPACITY)?;
     let amount = edgy(u, cap)?;
     let interval = edgy(u, tollgate::MAX_INTERVAL.as_nanos() as u64)?;
@@ -59,17 +60,16 @@ fn try_bucket_vs_model(u: &mut Unstructured<'_>) -> Result<()> {
             },
         });
     }
-    check_trace(cap, amount, interval, greedy, &ops);
-    Ok(())
+    Ok(check_trace(cap, amount, interval, greedy, &ops))
 }
 
-/// Multi-key traces with evictions, limit changes and a tiny `idle_ttl`: identical to models that never
-/// evict.
-pub fn keyed_vs_model(data: &[u8]) {
-    let _ = try_keyed_vs_model(&mut Unstructured::new(data));
+/// Multi-key traces with evictions, limit changes and a tiny `idle_ttl`: identical to models
+/// that never evict. Returns the number of decisions compared.
+pub fn keyed_vs_model(data: &[u8]) -> usize {
+    try_keyed_vs_model(&mut Unstructured::new(data)).unwrap_or(0)
 }
 
-fn try_keyed_vs_model(u: &mut Unstructured<'_>) -> Result<()> {
+fn try_keyed_vs_model(u: &mut Unstructured<'_>) -> Result<usize> {
     let cap = u.int_in_range(1..=8u64)?;
     let amount = u.int_in_range(1..=cap)?;
     let step_ns = u.int_in_range(1..=1_000_000u64)?;
@@ -93,8 +93,7 @@ fn try_keyed_vs_model(u: &mut Unstructured<'_>) -> Result<()> {
             _ => KOp::Acquire(u.int_in_range(0..=5)?, u.int_in_range(0..=cap + 1)?),
         });
     }
-    check_keyed(cap, amount, step_ns, greedy, ttl_steps, &ops);
-    Ok(())
+    Ok(check_keyed(cap, amount, step_ns, greedy, ttl_steps, &ops).0)
 }
 
 /// Arbitrary numbers into every constructor: `Ok` or a typed error, never a panic or an
