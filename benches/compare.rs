@@ -37,6 +37,19 @@ fn gv_open() -> Quota {
     Quota::per_second(NonZeroU32::MAX)
 }
 
+/// A limit a benchmark never exhausts either, with a 1 ns step (one token per nanosecond, burst
+/// 1,000; a call takes far longer than a nanosecond): on a precise clock every call lands in a
+/// new step and runs the whole refill, as a bucket whose calls are further apart than its step
+/// does. (`tg_open`'s 1 s step lets most calls skip the refill.)
+fn tg_refilling() -> Limit {
+    Limit::greedy(1_000, 1_000, Duration::from_micros(1)).unwrap()
+}
+
+fn gv_refilling() -> Quota {
+    Quota::per_second(NonZeroU32::new(1_000_000_000).unwrap())
+        .allow_burst(NonZeroU32::new(1_000).unwrap())
+}
+
 /// One token per hour, spent up front: every call is a denial.
 fn tg_closed() -> Limit {
     Limit::per_hour(1).unwrap()
@@ -83,6 +96,15 @@ fn direct(c: &mut Criterion) {
     });
     g.bench_function("allow/tollgate-manual", |b| {
         b.iter(|| black_box(tg_manual.check().is_allowed()))
+    });
+
+    let tg_precise = TokenBucket::with_clock(tg_refilling(), MonotonicClock::new());
+    let gv_precise = RateLimiter::direct_with_clock(gv_refilling(), QuantaClock::default());
+    g.bench_function("allow-refilling/tollgate-precise", |b| {
+        b.iter(|| black_box(tg_precise.check().is_allowed()))
+    });
+    g.bench_function("allow-refilling/governor-precise", |b| {
+        b.iter(|| black_box(gv_precise.check().is_ok()))
     });
 
     let tg_precise = TokenBucket::with_clock(tg_closed(), MonotonicClock::new());

@@ -3,7 +3,7 @@
 //! as many connections as tollgate has tasks, and tollgate's `RedisLimiter` with that many
 //! concurrent tasks on one multiplexed connection.
 //!
-//! `cargo bench --bench redis` (needs `redis-server` and `redis-benchmark`; about 20 s).
+//! `cargo bench --features redis --bench redis` (needs `redis-server` and `redis-benchmark`; about 20 s).
 //! `TOLLGATE_BENCH_SECONDS` sets tollgate's measuring time (default 5).
 
 use std::process::{Command, Stdio};

@@ -14,6 +14,7 @@ root = sys.argv[1] if len(sys.argv) > 1 else os.path.join("target", "criterion")
 ROWS = [
     ("direct allow, precise clock", "direct/allow_tollgate-precise", "direct/allow_governor-precise"),
     ("direct allow, coarse / upkeep clock", "direct/allow_tollgate-coarse", "direct/allow_governor-upkeep"),
+    ("direct allow, refill on every call, precise clock", "direct/allow-refilling_tollgate-precise", "direct/allow-refilling_governor-precise"),
     ("direct deny, precise clock", "direct/deny_tollgate-precise", "direct/deny_governor-precise"),
     ("direct deny, coarse / upkeep clock", "direct/deny_tollgate-coarse", "direct/deny_governor-upkeep"),
 ]

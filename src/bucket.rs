@@ -155,9 +155,16 @@ pub struct TokenBucket<C: Clock = DefaultClock> {
 
 /// One limit of a bucket and the word kept under it.
 struct Node {
-    steps: Steps,
     limit: Limit,
     cell: CachePadded<Cell>,
+}
+
+impl Node {
+    /// The limit's arithmetic (kept in the limit; no copy).
+    #[inline(always)]
+    fn steps(&self) -> &Steps {
+        self.limit.steps()
+    }
 }
 
 /// How many times a bucket's limit can be replaced (see [`TokenBucket::set_limit`]).
@@ -224,7 +231,6 @@ impl<C: Clock> TokenBucket<C> {
         TokenBucket {
             current: AtomicUsize::new(0),
             first: Node {
-                steps,
                 limit,
                 cell: CachePadded::new(Cell::full(&steps, 0)),
             },
@@ -281,13 +287,13 @@ impl<C: Clock> TokenBucket<C> {
     #[inline(always)]
     pub(crate) fn take_at(&self, n: u64, now: u64) -> Result<Decision, InsufficientCapacity> {
         let node = self.node();
-        if n > node.steps.cap {
+        if n > node.steps().cap {
             return Err(InsufficientCapacity {
                 requested: n,
-                capacity: node.steps.cap,
+                capacity: node.steps().cap,
             });
         }
-        match node.cell.acquire(&node.steps, n, now, self.epoch) {
+        match node.cell.acquire(node.steps(), n, now, self.epoch) {
             Some(d) => Ok(d),
             None => self.take_after_seal(n, now),
         }
@@ -300,13 +306,13 @@ impl<C: Clock> TokenBucket<C> {
         loop {
             crate::sync::yield_now();
             let node = self.node();
-            if n > node.steps.cap {
+            if n > node.steps().cap {
                 return Err(InsufficientCapacity {
                     requested: n,
-                    capacity: node.steps.cap,
+                    capacity: node.steps().cap,
                 });
             }
-            if let Some(d) = node.cell.acquire(&node.steps, n, now, self.epoch) {
+            if let Some(d) = node.cell.acquire(node.steps(), n, now, self.epoch) {
                 return Ok(d);
             }
         }
@@ -420,7 +426,7 @@ impl<C: Clock> TokenBucket<C> {
         let now = self.clock.now();
         loop {
             let node = self.node();
-            if let Some(d) = node.cell.update(&node.steps, now, self.epoch, n, op) {
+            if let Some(d) = node.cell.update(node.steps(), now, self.epoch, n, op) {
                 return d;
             }
             crate::sync::yield_now();
@@ -432,8 +438,8 @@ impl<C: Clock> TokenBucket<C> {
     /// refills under the new limit count from the step of this call. Calls that race the swap
     /// wait the few instructions it takes (so calls are lock-free except during a swap). At most
     /// [`MAX_RECONFIGURATIONS`] per bucket (each replaced limit is kept until the bucket drops,
-    /// as a call may still use it: a few hundred bytes each, and a 4 KiB table at the first
-    /// change). Setting the limit already in force changes nothing and does not count (a
+    /// as a call may still use it: at most 384 bytes each, the word being cache-padded, and a
+    /// 4 KiB table at the first change). Setting the limit already in force changes nothing and does not count (a
     /// configuration reload may call this freely); with [`Inherit::Reset`] it is a
     /// [`reset`](TokenBucket::reset).
     ///
@@ -475,7 +481,6 @@ impl<C: Clock> TokenBucket<C> {
         let steps = *limit.steps();
         // Prepared before the seal, so calls wait only for the arithmetic below.
         let node = Box::new(Node {
-            steps,
             limit,
             cell: CachePadded::new(Cell::full(&steps, 0)),
         });
@@ -483,7 +488,7 @@ impl<C: Clock> TokenBucket<C> {
         let t = now.saturating_sub(self.epoch);
         // Seal the old word: from here no call can change it, and its state is final.
         let word = old.cell.seal_now();
-        let word = state::convert_word(&old.steps, word, t, &steps, inherit);
+        let word = state::convert_word(old.steps(), word, t, &steps, inherit);
         node.cell.set(word);
         let k = steps.step_index(t);
         let out = state::step(&steps, word, k, 0);
@@ -510,5 +515,14 @@ impl<C: Clock> std::fmt::Debug for TokenBucket<C> {
             .field("limit", &self.node().limit)
             .field("word", &self.node().cell.load())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The size `set_limit`'s docs and the README give for a replaced limit.
+    #[test]
+    fn a_replaced_limit_costs_at_most_384_bytes() {
+        assert!(std::mem::size_of::<super::Node>() <= 384);
     }
 }
