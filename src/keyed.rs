@@ -160,7 +160,6 @@ pub struct KeyedLimiter<K, S = KeyHasher> {
     tier_of: Option<TierFn<K>>,
     clock: AnyClock,
     epoch: u64,
-    ttl_ns: u64,
     max_keys: usize,
     at_capacity: AtCapacity,
     /// The shared bucket of new keys at the key cap; follows tier 0's limit.
@@ -422,7 +421,6 @@ impl<K, S> KeyedLimiterBuilder<K, S> {
             tier_of: self.tier_of,
             clock,
             epoch,
-            ttl_ns,
             max_keys,
             at_capacity,
             keys: CachePadded::new(AtomicUsize::new(0)),
@@ -670,8 +668,14 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        let key = probe.key.to_owned();
-        let slot = self.current_slot(self.tier_of(&key));
+        // The owned key is needed early only to pick a tier; otherwise only to insert.
+        let (slot, key) = match self.tier_of {
+            None => (self.current_slot(0), None),
+            Some(_) => {
+                let key = probe.key.to_owned();
+                (self.current_slot(self.tier_of(&key)), Some(key))
+            }
+        };
         let tier = self.tier(slot);
         if n > tier.steps().cap {
             return Touch::TooMany(InsufficientCapacity {
@@ -682,7 +686,15 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         // Relaxed (all counters here): they pace sweeps and bound the key count; they publish
         // no memory, and the count's bound is kept by the read-modify-writes themselves.
         let len = pinned.len();
-        if len >= shard.next_sweep.load(Ordering::Relaxed) {
+        let due = shard.next_sweep.load(Ordering::Relaxed);
+        // Claimed by one caller (the others see `usize::MAX` until the sweep sets the next
+        // mark), so a flood of new keys does not sweep one shard many times at once.
+        if len >= due
+            && shard
+                .next_sweep
+                .compare_exchange(due, usize::MAX, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
             self.sweep(shard, pinned, now);
         }
         let capped = self.max_keys != usize::MAX;
@@ -696,6 +708,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         let fresh = tier.fresh_word(k);
         let out = state::step(tier.steps(), fresh, k, n);
         // A slot index is below `MAX_SLOTS`: it fits the 8 tier bits.
+        let key = key.unwrap_or_else(|| probe.key.to_owned());
         let stored = Hashed::new(probe.hash, key, slot as u8);
         match pinned.try_insert_with(stored, || Cell::new(out.write.unwrap_or(fresh))) {
             Ok(_) => {
@@ -718,23 +731,27 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     /// when an eighth of its size in refused keys, or a quarter of `idle_ttl`, has gone by since
     /// its last sweep (amortized O(1) per attempt under a flood).
     fn reserve(&self, shard: &Shard<K>, pinned: &Pinned<'_, K>, now: u64) -> bool {
-        let k = self.step_now(now);
-        for attempt in 0..2 {
-            if self.keys.fetch_add(1, Ordering::Relaxed) < self.max_keys {
-                return true;
-            }
-            self.keys.fetch_sub(1, Ordering::Relaxed);
-            if attempt == 1 {
-                break;
-            }
-            let misses = shard.misses.fetch_add(1, Ordering::Relaxed) + 1;
-            let every = (pinned.len() / 8).max(MIN_SWEEP_EVERY);
-            let since = shard.swept_at.load(Ordering::Relaxed);
-            if misses < every && k < since.saturating_add(self.first[0].idle_steps / 4 + 1) {
-                break;
-            }
-            self.sweep(shard, pinned, now);
+        if self.count_key() {
+            return true;
         }
+        let misses = shard.misses.fetch_add(1, Ordering::Relaxed) + 1;
+        let every = (pinned.len() / 8).max(MIN_SWEEP_EVERY);
+        let since = shard.swept_at.load(Ordering::Relaxed);
+        let k = self.step_now(now);
+        if misses < every && k < since.saturating_add(self.first[0].idle_steps / 4 + 1) {
+            return false;
+        }
+        self.sweep(shard, pinned, now);
+        self.count_key()
+    }
+
+    /// Counts one more key if the cap allows it.
+    fn count_key(&self) -> bool {
+        // Relaxed: as in `first_touch`.
+        if self.keys.fetch_add(1, Ordering::Relaxed) < self.max_keys {
+            return true;
+        }
+        self.keys.fetch_sub(1, Ordering::Relaxed);
         false
     }
 
@@ -776,6 +793,8 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     #[cold]
     fn sweep(&self, shard: &Shard<K>, pinned: &Pinned<'_, K>, now: u64) -> usize {
         let t = now.saturating_sub(self.epoch);
+        // The step of `now` under the last slot seen (entries of one slot are the common case).
+        let mut step_of = (usize::MAX, 0);
         let removed = pinned.sweep(|slot, cell| {
             let word = cell.load();
             if state::is_dead(word) {
@@ -784,8 +803,10 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
             // Judged under the limit in force (an entry under a replaced slot is converted).
             let (slot, now_word) = self.follow(slot, word);
             let tier = self.tier(slot);
-            let k = tier.steps().step_index(t);
-            tier.is_evictable(now_word, k) && cell.tombstone(word)
+            if step_of.0 != slot {
+                step_of = (slot, tier.steps().step_index(t));
+            }
+            tier.is_evictable(now_word, step_of.1) && cell.tombstone(word)
         });
         self.removed(removed);
         // Relaxed: pacing only.
@@ -1136,7 +1157,7 @@ impl<K, S> KeyedLimiter<K, S> {
         });
         let _ = later[used - self.first.len()].set(Box::new(Tier::new(
             limit,
-            self.ttl_ns,
+            u64::try_from(self.idle_ttl.as_nanos()).unwrap_or(u64::MAX),
             Some(fresh),
         )));
         let _ = old.change.set((t, inherit));

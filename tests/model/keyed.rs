@@ -41,12 +41,8 @@ fn limit_of(
     greedy: bool,
 ) -> Option<(Limit, (u64, u64, u64, bool))> {
     let interval = if greedy { step_ns * amount } else { step_ns };
-    let limit = if greedy {
-        Limit::greedy(cap, amount, Duration::from_nanos(interval))
-    } else {
-        Limit::new(cap, amount, Duration::from_nanos(interval))
-    };
-    Some((limit.ok()?, (cap, amount, interval, greedy)))
+    let limit = super::make_limit(cap, amount, interval, greedy)?;
+    Some((limit, (cap, amount, interval, greedy)))
 }
 
 /// Runs a multi-key trace through an evicting keyed limiter and per-key models that never

@@ -210,14 +210,9 @@ pub const TRACE_START: u64 = 1 << 40;
 /// kept within half the limit's wrap horizon of the epoch (beyond it tollgate may under-refill
 /// by design; `tests/bucket.rs` checks that case). Returns the number of decisions compared.
 pub fn check_trace(cap: u64, amount: u64, interval_ns: u64, greedy: bool, ops: &[Op]) -> usize {
-    use std::time::Duration;
-    let interval = Duration::from_nanos(interval_ns);
-    let limit = if greedy {
-        tollgate::Limit::greedy(cap, amount, interval)
-    } else {
-        tollgate::Limit::new(cap, amount, interval)
+    let Some(limit) = make_limit(cap, amount, interval_ns, greedy) else {
+        return 0;
     };
-    let Ok(limit) = limit else { return 0 };
     let clock = tollgate::ManualClock::new();
     clock.set(TRACE_START);
     let bucket = tollgate::TokenBucket::with_clock(limit, clock.clone());
