@@ -383,7 +383,8 @@ impl Limit {
 
     /// How long a bucket may go untouched before its packed refill mark becomes ambiguous.
     /// Beyond it, a bucket may under-refill (never over-admit) until touched again. At least
-    /// [`MIN_HORIZON`].
+    /// [`MIN_HORIZON`]; a horizon beyond `u64::MAX` nanoseconds (about 584 years) is reported
+    /// as that.
     ///
     /// ```
     /// let limit = tollgate::Limit::per_second(1000)?;

@@ -223,3 +223,22 @@ fn rejects_bad_limits_without_panicking() {
     assert!(Limit::per_minute(u64::MAX).is_err());
     assert!(Limit::per_hour(1).unwrap().burst(0).is_err());
 }
+
+/// The horizons the README gives as examples.
+#[test]
+fn readme_horizon_examples() {
+    let ms = Duration::from_millis(1);
+    // Capacity 100: 7 token bits, a 57-bit mark, a horizon of 2^56 steps of 1 ms, beyond what
+    // a horizon in nanoseconds can say (it saturates at u64::MAX ns).
+    let h = Limit::new(100, 1, ms).unwrap().horizon();
+    assert_eq!(h, Duration::from_nanos(u64::MAX));
+    // Capacity 2^24: 25 token bits, 2^38 steps of 1 ms: 8.7 years.
+    let h = Limit::new(1 << 24, 1, ms).unwrap().horizon();
+    assert_eq!(h, Duration::from_millis(1 << 38));
+    let years = h.as_secs_f64() / (365.25 * 86_400.0);
+    assert!((8.7..8.8).contains(&years), "{years} years");
+    // per_second(1_000_000): 1 µs steps, 20 token bits, 2^43 µs: 101 days.
+    let h = Limit::per_second(1_000_000).unwrap().horizon();
+    assert_eq!(h, Duration::from_micros(1 << 43));
+    assert_eq!(h.as_secs() / 86_400, 101);
+}
