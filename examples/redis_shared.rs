@@ -84,19 +84,38 @@ async fn main() -> ExitCode {
         .map(|name| {
             Command::new(&exe)
                 .args(["--worker", name, "--prefix", &prefix, &url])
-                .stdout(Stdio::inherit())
+                .stdout(Stdio::piped())
                 .spawn()
                 .expect("spawn a worker")
         })
         .collect();
-    let mut ok = true;
-    for mut c in children {
-        ok &= c.wait().is_ok_and(|s| s.success());
+    // Each worker ends with "<name>: <n> allowed"; the sum must be the capacity.
+    let mut total = 0;
+    for child in children {
+        let Ok(out) = child.wait_with_output() else {
+            return ExitCode::FAILURE;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        print!("{text}");
+        if !out.status.success() {
+            return ExitCode::FAILURE;
+        }
+        total += text
+            .lines()
+            .filter_map(|l| {
+                l.strip_suffix(" allowed")?
+                    .rsplit(": ")
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum::<u64>();
     }
-    if ok {
-        println!("\nbetween them: 10 allowed, as the shared limit says");
+    if total == 10 {
+        println!("\nbetween them: {total} allowed, as the shared limit says");
         ExitCode::SUCCESS
     } else {
+        eprintln!("\nbetween them: {total} allowed, but the shared limit is 10");
         ExitCode::FAILURE
     }
 }
