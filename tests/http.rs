@@ -460,3 +460,53 @@ async fn policy_header_follows_the_keys_tier_and_live_limit_changes() {
     assert_eq!(policy("free").await, pair("\"default\";q=6;w=3", "6"));
     assert_eq!(policy("pro-a").await, pair("\"default\";q=100;w=10", "100"));
 }
+
+/// The client IP is found from the right across several header lines, through trusted proxies
+/// only, and `Forwarded` wins over `X-Forwarded-For`.
+#[test]
+fn client_ip_walks_hops_from_the_right_across_header_lines() {
+    use tollgate::http::{PeerAddr, RequestInfo};
+    let trusted = TrustedProxies::from_cidrs(["10.0.0.0/8"]).unwrap();
+    let extractor = KeyExtractor::client_ip(trusted);
+    let key_of = |headers: &[(&str, &str)]| {
+        let mut req = Request::get("/").body(()).unwrap();
+        for (k, v) in headers {
+            req.headers_mut().append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        req.extensions_mut()
+            .insert(PeerAddr("10.0.0.1:443".parse().unwrap()));
+        extractor.extract(&RequestInfo::new(&req, None))
+    };
+    let ip = |s: &str| Some(Key::Ip(s.parse().unwrap()));
+    // Last line, last hop first: 10.0.0.3 is trusted, 7.7.7.7 is the client; 1.1.1.1 (forged
+    // by the client) is never reached.
+    assert_eq!(
+        key_of(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "7.7.7.7, 10.0.0.3")
+        ]),
+        ip("7.7.7.7")
+    );
+    assert_eq!(
+        key_of(&[
+            ("x-forwarded-for", "1.1.1.1, 10.0.0.9"),
+            ("x-forwarded-for", "10.0.0.3")
+        ]),
+        ip("1.1.1.1")
+    );
+    assert_eq!(
+        key_of(&[
+            ("x-forwarded-for", "9.9.9.9"),
+            ("forwarded", "for=8.8.8.8;proto=https")
+        ]),
+        ip("8.8.8.8")
+    );
+    // Only trusted hops: the leftmost one.
+    assert_eq!(
+        key_of(&[("x-forwarded-for", "10.0.0.5, 10.0.0.3")]),
+        ip("10.0.0.5")
+    );
+}

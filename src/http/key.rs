@@ -346,21 +346,21 @@ fn client_ip(req: &RequestInfo<'_>, trusted: &TrustedProxies) -> Option<IpAddr> 
     if !trusted.contains(current) {
         return Some(current);
     }
-    let forwarded = req.headers.get_all(http::header::FORWARDED);
-    let hops: Vec<&[u8]> = if forwarded.iter().next().is_some() {
-        forwarded
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .collect()
+    let using_forwarded = req.headers.contains_key(http::header::FORWARDED);
+    let name = if using_forwarded {
+        http::header::FORWARDED
     } else {
-        req.headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .collect()
+        http::HeaderName::from_static("x-forwarded-for")
     };
-    let using_forwarded = forwarded.iter().next().is_some();
-    for hop in hops.iter().rev().take(MAX_HOPS) {
+    // From the right (the hop nearest to us), lazily: at most MAX_HOPS hops are split off,
+    // however long the header.
+    let hops = req
+        .headers
+        .get_all(name)
+        .iter()
+        .rev()
+        .flat_map(|v| v.as_bytes().rsplit(|&b| b == b','));
+    for hop in hops.take(MAX_HOPS) {
         let parsed = if using_forwarded {
             forwarded_for(hop).and_then(parse_hop)
         } else {
