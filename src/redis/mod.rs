@@ -87,21 +87,37 @@ impl From<LimitError> for RedisLimitError {
 }
 
 /// The local denial cache: after Redis denies a key until some time, deny it here without a
-/// round trip until then (exact: tokens only arrive by refill, and the wait already counts
-/// them). Bounded: at most `cap` keys; expired entries go first, then any.
+/// round trip until then (tokens only arrive by refill, and the wait already counts them).
+/// Time is the server's, advanced by this process's monotonic clock, so it is exact to the
+/// reply's transit time (the estimate lags the server by it: a cached denial may outlast the
+/// server's by that much), whatever the client's wall clock says. Bounded: at most `cap` keys;
+/// expired entries go first, then any.
 struct DenialCache {
     cap: usize,
     map: Mutex<HashMap<Vec<u8>, Denied>>,
 }
 
-/// A denial Redis made: the state it reported, until when it holds, for how many tokens.
+/// A denial Redis made: the state it reported, until when it holds, for how many tokens. Times
+/// are the server's (SPEC §4: client clocks do not matter): the server's time of the denial,
+/// advanced by this process's monotonic clock since.
 #[derive(Clone, Copy)]
 struct Denied {
     tokens: u64,
     mark: u64,
-    /// Unix time (ns) at which the requested tokens are there.
+    /// Server time (Unix ns) of the denial, and when this process received it.
+    server_ns: u64,
+    seen: std::time::Instant,
+    /// Server time (Unix ns) at which the requested tokens are there.
     until: u64,
     n: u64,
+}
+
+impl Denied {
+    /// The server's time now, as this process can tell without asking it.
+    fn server_now_ns(&self) -> u64 {
+        let elapsed = u64::try_from(self.seen.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.server_ns.saturating_add(elapsed)
+    }
 }
 
 /// A Redis-backed limiter: every key's bucket lives in Redis, shared by all processes that use
@@ -157,7 +173,8 @@ impl RedisLimiterBuilder {
     }
 
     /// Deny keys locally, with no round trip, until the time Redis said they may retry; hold
-    /// at most `max_keys` of them (`None`: off, the default).
+    /// at most `max_keys` of them (`None`: off, the default). That time is the server's,
+    /// advanced by this process's monotonic clock: the client's wall clock plays no part.
     pub fn denial_cache(mut self, max_keys: Option<usize>) -> Self {
         self.denial_cache = max_keys;
         self
@@ -392,6 +409,8 @@ impl RedisLimiter {
             Denied {
                 tokens,
                 mark,
+                server_ns: d.now_ns(),
+                seen: std::time::Instant::now(),
                 until,
                 n,
             },
@@ -400,14 +419,16 @@ impl RedisLimiter {
 
     /// A local denial, when the cache holds one for `key` that still stands for `n` tokens.
     fn cached_denial(&self, cache: &DenialCache, key: &[u8], n: u64) -> Option<Decision> {
-        let now_ns = unix_now_ns();
         let mut map = cache.map.lock().unwrap_or_else(|p| p.into_inner());
+        let denied = *map.get(key)?;
         let Denied {
             tokens,
             mark,
             until,
             n: denied_n,
-        } = *map.get(key)?;
+            ..
+        } = denied;
+        let now_ns = denied.server_now_ns();
         if now_ns >= until {
             map.remove(key);
             return None;
@@ -423,12 +444,6 @@ impl RedisLimiter {
         let out = state::step(&self.steps, word, k, n);
         (!out.allowed).then(|| Decision::new(&self.steps, &out, n, now_ns, 0))
     }
-}
-
-fn unix_now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 #[cfg(feature = "http")]
