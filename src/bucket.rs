@@ -252,15 +252,15 @@ impl<C: Clock> TokenBucket<C> {
         }
     }
 
-    /// Node `i > 0` (a reconfigured bucket).
-    #[cold]
+    /// Node `i > 0` (a reconfigured bucket): every call comes here once the limit has changed,
+    /// so it is not cold; kept out of line so a bucket never reconfigured has a small path.
     #[inline(never)]
     fn later_node(&self, i: usize) -> &Node {
         self.later
             .get()
             .and_then(|later| later.get(i - 1))
             .and_then(OnceLock::get)
-            .map_or(&self.first, |node| node)
+            .expect("a node is published before its index")
     }
 
     /// Takes `n` tokens if they are there; otherwise consumes nothing. `n == 0` is a peek:
