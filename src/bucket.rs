@@ -6,9 +6,8 @@ use crate::clock::{Clock, DefaultClock};
 use crate::decision::{Decision, InsufficientCapacity};
 use crate::limit::Limit;
 use crate::state::{self, Steps, SEALED, TOMBSTONE};
-use std::sync::{Mutex, OnceLock};
 
-use crate::sync::{AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering};
 
 /// The atomic word of one bucket, shared by [`TokenBucket`] and the keyed limiter.
 #[derive(Debug)]
@@ -114,6 +113,15 @@ impl Cell {
     pub(crate) fn seal_now(&self) -> u64 {
         // Relaxed: as for the tombstone; the new node is published by a Release store.
         self.0.swap(SEALED, Ordering::Relaxed)
+    }
+
+    /// Puts `word` back in place of the seal this thread set (a migration that unwound).
+    pub(crate) fn unseal(&self, word: u64) {
+        // Relaxed: as for the seal; only the sealing thread leaves the seal, so the word is
+        // the one every other call waited to see again.
+        let _ = self
+            .0
+            .compare_exchange(SEALED, word, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// Replaces `expected` with the seal (the keyed limiter's migration to a new limit); false
@@ -244,9 +252,21 @@ impl<C: Clock> TokenBucket<C> {
     /// The node calls use now.
     #[inline(always)]
     fn node(&self) -> &Node {
+        self.node_at(self.node_index())
+    }
+
+    /// The index of the node calls use now.
+    #[inline(always)]
+    fn node_index(&self) -> usize {
         // Acquire: pairs with the Release in `set_limit`, so the node's word, written before
         // the index, is seen.
-        match self.current.load(Ordering::Acquire) {
+        self.current.load(Ordering::Acquire)
+    }
+
+    /// Node `i` (0 is the first).
+    #[inline(always)]
+    fn node_at(&self, i: usize) -> &Node {
+        match i {
             0 => &self.first,
             i => self.later_node(i),
         }
@@ -300,6 +320,9 @@ impl<C: Clock> TokenBucket<C> {
     }
 
     /// The word was sealed: `set_limit` is publishing the next node; wait for it and retry.
+    /// The one place a call waits for another: the reconfiguring thread holds the seal for a
+    /// conversion and a store (tens of nanoseconds), or, if it is descheduled between its seal
+    /// and its publish, until it runs again. Calls yield meanwhile; none blocks on a lock.
     #[cold]
     #[inline(never)]
     fn take_after_seal(&self, n: u64, now: u64) -> Result<Decision, InsufficientCapacity> {
@@ -315,6 +338,51 @@ impl<C: Clock> TokenBucket<C> {
             if let Some(d) = node.cell.acquire(node.steps(), n, now, self.epoch) {
                 return Ok(d);
             }
+        }
+    }
+
+    /// `try_acquire(n)` that also says which limit (node) the decision was made under, for a
+    /// later [`undo`](TokenBucket::undo).
+    pub(crate) fn take_tracked(&self, n: u64) -> Result<(Decision, usize), InsufficientCapacity> {
+        let now = self.clock.now();
+        loop {
+            let i = self.node_index();
+            let node = self.node_at(i);
+            if n > node.steps().cap {
+                return Err(InsufficientCapacity {
+                    requested: n,
+                    capacity: node.steps().cap,
+                });
+            }
+            if let Some(d) = node.cell.acquire(node.steps(), n, now, self.epoch) {
+                return Ok((d, i));
+            }
+            // Sealed: `set_limit` is publishing the next node.
+            crate::sync::yield_now();
+        }
+    }
+
+    /// Undoes a take of `n` tokens that `taken` granted under node `node` (SPEC §2, undo
+    /// versus refund): the bucket ends with at most what it would hold had the take never
+    /// happened (see `state::undo`). Under a limit changed since the take, nothing comes back
+    /// (the conversion may have capped the difference already).
+    pub(crate) fn undo(&self, n: u64, taken: &Decision, node: usize) -> Decision {
+        let mark = taken.mark();
+        let now = self.clock.now();
+        loop {
+            let i = self.node_index();
+            let current = self.node_at(i);
+            let give = if i == node { n } else { 0 };
+            if let Some(d) =
+                current
+                    .cell
+                    .update(current.steps(), now, self.epoch, give, |s, w, k, n| {
+                        state::undo(s, w, k, n, mark)
+                    })
+            {
+                return d;
+            }
+            crate::sync::yield_now();
         }
     }
 
@@ -411,11 +479,11 @@ impl<C: Clock> TokenBucket<C> {
     /// not there; [`ReserveError::InsufficientCapacity`](crate::ReserveError::InsufficientCapacity)
     /// when `n` exceeds the capacity.
     pub fn reserve(&self, n: u64) -> Result<crate::Reservation<'_, C>, crate::ReserveError> {
-        let d = self.try_acquire(n)?;
+        let (d, node) = self.take_tracked(n)?;
         if d.is_denied() {
             return Err(crate::ReserveError::Denied(d));
         }
-        Ok(crate::Reservation::new(self, n, d))
+        Ok(crate::Reservation::new(self, n, d, node))
     }
 
     fn update(

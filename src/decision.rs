@@ -75,6 +75,13 @@ impl Decision {
         }
     }
 
+    /// The refill mark the call left (a full step index): where an undo of its take counts
+    /// later refills from.
+    #[inline]
+    pub(crate) fn mark(&self) -> u64 {
+        self.mark
+    }
+
     /// The numbers of the limit this decision was made under.
     #[cfg(feature = "http")]
     pub(crate) fn rate(&self) -> &Rate {

@@ -6,8 +6,10 @@
 //! - Hit: hash the key once, pick the shard from the hash, `get` under a pinned guard, then the
 //!   bucket's own CAS loop on the cell in place. No allocation, no map write.
 //! - First touch: `try_insert_with` the slot's untouched bucket (full, but for a `Keep` raise)
-//!   at the caller's step, already charged; racing first touches create one bucket (the losers
-//!   look the key up again).
+//!   at the step of a clock reading taken after the miss (never the caller's earlier, possibly
+//!   stale one: its key may have been evicted since, and a bucket recreated at the old step
+//!   would refill those steps twice), already charged; racing first touches create one bucket
+//!   (the losers look the key up again).
 //! - Eviction: a bucket is removed only when [`is_evictable`](crate::state::Steps::is_evictable):
 //!   full, and already full `idle_steps` ago. The evictor first swaps the word to the tombstone
 //!   with a CAS from the word it checked (so no acquire landed in between), then removes the
@@ -27,15 +29,17 @@
 //!   tombstone, so no helper removes the entry), converts it through every change since
 //!   ([`state::convert`]) and replaces the entry; calls meeting the seal wait for the
 //!   replacement. A call that raced the change onto the old slot is ordered before it: the
-//!   conversion then applies from that call's step. Each slot also holds its untouched bucket
+//!   conversion then applies from that call's step. The seal is the one place a call waits for
+//!   another: calls on that one key yield until the migrating call has copied the key and
+//!   replaced the entry (a clone and one map insert; longer only if that thread is descheduled
+//!   meanwhile, until it runs again). A panic in the key's `Clone` or `Eq` during the move puts
+//!   the word back (the key is never left sealed). Each slot also holds its untouched bucket
 //!   (what the changes made of a bucket no call touched), which is what a first touch gets and
 //!   what eviction compares with, so eviction stays invisible across changes.
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
@@ -46,6 +50,7 @@ use crate::decision::{Decision, InsufficientCapacity};
 use crate::limit::Limit;
 use crate::map::{Hashed, Pinned, Probe, ShardMap};
 use crate::state::{self, Steps, TOMBSTONE};
+use crate::sync::{AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering};
 
 /// The default key hasher: foldhash, fast, with a random seed per limiter, so nobody can
 /// precompute keys that collide (hash flooding).
@@ -60,6 +65,10 @@ const MIN_SWEEP_EVERY: usize = 64;
 /// How many limits a keyed limiter can ever hold: its tiers plus every limit change (the slot
 /// of a key's limit is kept in 8 bits of its stored hash).
 const MAX_SLOTS: usize = 256;
+
+/// The most keys [`KeyedLimiterBuilder::capacity`] presizes the maps for (2^24); they grow on
+/// demand beyond it.
+pub const MAX_PRESIZE: usize = 1 << 24;
 
 /// What a keyed limiter does with a new key when it already holds `max_keys` keys (and a sweep
 /// of the key's shard found nothing to evict).
@@ -118,8 +127,8 @@ impl std::error::Error for SetLimitError {}
 
 /// What a first touch found.
 enum Touch {
-    /// This call inserted the key's bucket, already charged with its request.
-    Inserted(Decision),
+    /// This call inserted the key's bucket under this slot, already charged with its request.
+    Inserted(Decision, usize),
     /// The key was there (another thread inserted it): look it up again.
     Existing,
     /// No room: the key cap is reached (the key's slot, for the answer).
@@ -154,7 +163,7 @@ pub struct KeyedLimiter<K, S = KeyHasher> {
     /// lives as long as the limiter: entries may still name it.
     later: OnceLock<Box<[OnceLock<Box<Tier>>]>>,
     /// The slot in force for each tier.
-    current: Box<[crate::sync::AtomicUsize]>,
+    current: Box<[AtomicUsize]>,
     /// Serializes limit changes; holds the slots used and the time of the last change.
     changes: Mutex<(usize, u64)>,
     tier_of: Option<TierFn<K>>,
@@ -168,6 +177,19 @@ pub struct KeyedLimiter<K, S = KeyHasher> {
     idle_ttl: Duration,
     /// Decision counters, when asked for.
     counters: Option<Box<crate::stats::Counters>>,
+}
+
+/// Puts a sealed cell's word back if the migration that sealed it unwinds (a panic in the key's
+/// `Clone` or `Eq`); forgotten once the replacement entry is in.
+struct Unseal<'a> {
+    cell: &'a Cell,
+    word: u64,
+}
+
+impl Drop for Unseal<'_> {
+    fn drop(&mut self) {
+        self.cell.unseal(self.word);
+    }
 }
 
 /// Picks a key's tier (an index into the limits) when the key is first seen.
@@ -187,7 +209,7 @@ struct Tier {
     /// The first step at which the untouched bucket is full; eviction waits for it.
     full_from: u64,
     /// 0 while in force; `s + 1` once a change replaced this slot by slot `s`.
-    replaced_by: crate::sync::AtomicUsize,
+    replaced_by: AtomicUsize,
     /// That change: its time (nanoseconds since the epoch) and policy. Set before
     /// `replaced_by`.
     change: OnceLock<(u64, Inherit)>,
@@ -210,7 +232,7 @@ impl Tier {
             fresh_mark,
             full_from: fresh_mark
                 .saturating_add((steps.cap - fresh_tokens.min(steps.cap)).div_ceil(steps.q)),
-            replaced_by: crate::sync::AtomicUsize::new(0),
+            replaced_by: AtomicUsize::new(0),
             change: OnceLock::new(),
         }
     }
@@ -220,7 +242,7 @@ impl Tier {
     fn is_replaced(&self) -> bool {
         // Acquire: pairs with the Release in `set_tier_limit`, so `change` and the next slot
         // are seen.
-        self.replaced_by.load(crate::sync::Ordering::Acquire) != 0
+        self.replaced_by.load(Ordering::Acquire) != 0
     }
 
     /// The untouched bucket at step `k`: (tokens, mark).
@@ -314,7 +336,20 @@ impl<K, S> KeyedLimiterBuilder<K, S> {
         self
     }
 
-    /// Presize for this many keys in all.
+    /// Presize the maps for this many keys in all (they grow on demand beyond it). Clamped to
+    /// [`max_keys`](KeyedLimiterBuilder::max_keys) when that is set, and to [`MAX_PRESIZE`]
+    /// keys: a huge number allocates at most that much up front and never panics.
+    ///
+    /// ```
+    /// use tollgate::{KeyedLimiter, Limit};
+    /// // Presized for 2^24 keys, not usize::MAX: no allocation failure, no panic.
+    /// let limiter: KeyedLimiter<u64> = KeyedLimiter::builder(Limit::per_second(5)?)
+    ///     .shards(4)
+    ///     .capacity(usize::MAX)
+    ///     .build();
+    /// assert!(limiter.check_key(&1).is_allowed());
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
     pub fn capacity(mut self, keys: usize) -> Self {
         self.capacity = keys;
         self
@@ -396,8 +431,12 @@ impl<K, S> KeyedLimiterBuilder<K, S> {
             })
             .clamp(1, 1 << 16)
             .next_power_of_two();
-        let per_shard = self.capacity.div_ceil(shards);
         let (max_keys, at_capacity) = self.max_keys.unwrap_or((usize::MAX, AtCapacity::Overflow));
+        let per_shard = self
+            .capacity
+            .min(max_keys)
+            .min(MAX_PRESIZE)
+            .div_ceil(shards);
         KeyedLimiter {
             shards: (0..shards)
                 .map(|_| {
@@ -412,9 +451,7 @@ impl<K, S> KeyedLimiterBuilder<K, S> {
             shard_mask: shards as u64 - 1,
             hasher: self.hasher,
             overflow: TokenBucket::with_epoch(self.limit, clock.clone(), epoch),
-            current: (0..first.len())
-                .map(crate::sync::AtomicUsize::new)
-                .collect(),
+            current: (0..first.len()).map(AtomicUsize::new).collect(),
             changes: Mutex::new((first.len(), 0)),
             first,
             later: OnceLock::new(),
@@ -498,11 +535,46 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        let d = self.decide(key, n);
+        let d = self.decide(key, n).map(|(d, _)| d);
         if let (Some(c), Ok(d)) = (&self.counters, &d) {
             c.decided(d.is_allowed());
         }
         d
+    }
+
+    /// `try_acquire_key` that also says under which limit slot the key's bucket decided
+    /// (`usize::MAX`: the key cap's answer, not the key's bucket), for a later
+    /// [`undo_key`](KeyedLimiter::undo_key).
+    pub(crate) fn take_key_tracked<Q>(
+        &self,
+        key: &Q,
+        n: u64,
+    ) -> Result<(Decision, usize), InsufficientCapacity>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let d = self.decide(key, n);
+        if let (Some(c), Ok((d, _))) = (&self.counters, &d) {
+            c.decided(d.is_allowed());
+        }
+        d
+    }
+
+    /// Undoes a take of `n` tokens from `key` that `taken` granted under slot `slot` (SPEC §2,
+    /// undo versus refund; see `state::undo`). Under a slot no longer the key's (its limit
+    /// changed since), or for a take the key cap answered, nothing comes back. A key whose
+    /// bucket was evicted since was full meanwhile, so the undo's count of refill steps gives
+    /// nothing back either.
+    pub(crate) fn undo_key<Q>(&self, key: &Q, n: u64, taken: &Decision, slot: usize) -> Decision
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let mark = taken.mark();
+        self.update_key(key, n, Some(slot), move |s, w, k, n| {
+            state::undo(s, w, k, n, mark)
+        })
     }
 
     /// SPEC's exact peek at `key` (as `try_acquire_key(key, 0)`) ahead of a request for `n`
@@ -513,7 +585,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        let d = self.decide(key, 0)?;
+        let (d, _) = self.decide(key, 0)?;
         if let Some(c) = &self.counters {
             if d.remaining() < n && n <= d.limit() {
                 c.decided(false);
@@ -522,8 +594,10 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         Ok(d)
     }
 
+    /// One call on `key`: the decision, and the slot of the bucket that made it (`usize::MAX`
+    /// when the key cap answered).
     #[inline(always)]
-    fn decide<Q>(&self, key: &Q, n: u64) -> Result<Decision, InsufficientCapacity>
+    fn decide<Q>(&self, key: &Q, n: u64) -> Result<(Decision, usize), InsufficientCapacity>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
@@ -536,9 +610,9 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
             let (slot, cell) = match pinned.get(&probe) {
                 Some(found) => found,
                 None => match self.first_touch(shard, &pinned, &probe, n, now) {
-                    Touch::Inserted(d) => return Ok(d),
+                    Touch::Inserted(d, slot) => return Ok((d, slot)),
                     Touch::Existing => continue,
-                    Touch::Full(slot) => return Ok(self.at_capacity(slot, n, now)),
+                    Touch::Full(slot) => return Ok((self.at_capacity(slot, n, now), usize::MAX)),
                     Touch::TooMany(e) => return Err(e),
                 },
             };
@@ -556,21 +630,21 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
                 });
             }
             if let Some(d) = cell.acquire(tier.steps(), n, now, self.epoch) {
-                return Ok(d);
+                return Ok((d, slot));
             }
             self.dead(&pinned, &probe, cell);
         }
     }
 
-    /// The key's entry under the limit in force: its slot's limit and its cell (an entry under
-    /// a replaced slot is moved over first). `None` when the key has no entry. (`decide` does
-    /// the same inline.)
+    /// The key's entry under the limit in force: its slot, the slot's limit and its cell (an
+    /// entry under a replaced slot is moved over first). `None` when the key has no entry.
+    /// (`decide` does the same inline.)
     #[inline]
     fn entry<'p, Q>(
         &'p self,
         pinned: &'p Pinned<'_, K>,
         probe: &Probe<'_, Q>,
-    ) -> Option<(&'p Tier, &'p Cell)>
+    ) -> Option<(usize, &'p Tier, &'p Cell)>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
@@ -579,7 +653,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
             let (slot, cell) = pinned.get(probe)?;
             let tier = self.tier(slot);
             if !tier.is_replaced() {
-                return Some((tier, cell));
+                return Some((slot, tier, cell));
             }
             self.migrate(pinned, probe, slot, cell);
         }
@@ -630,19 +704,26 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
                 return self.dead(pinned, probe, cell);
             }
             if cell.seal(word) {
+                // The key's `Clone` (`to_owned`) and `Eq` (in the map) are user code and may
+                // panic: until the replacement is in, a panic puts the word back, so the key is
+                // not left sealed for good (every later call on it would wait forever).
+                let unseal = Unseal { cell, word };
                 let (slot, word) = self.follow(slot, word);
                 let key = Hashed::new(probe.hash, probe.key.to_owned(), slot as u8);
-                return pinned.replace(key, Cell::new(word));
+                pinned.replace(key, Cell::new(word));
+                std::mem::forget(unseal);
+                return;
             }
         }
     }
 
     /// A word under slot `slot`, converted through every change since: (slot in force, word).
+    /// Pure arithmetic: cannot panic.
     fn follow(&self, mut slot: usize, mut word: u64) -> (usize, u64) {
         loop {
             let old = self.tier(slot);
             // Acquire: as in `Tier::is_replaced`.
-            let next = old.replaced_by.load(crate::sync::Ordering::Acquire);
+            let next = old.replaced_by.load(Ordering::Acquire);
             let Some(&(t, inherit)) = old.change.get().filter(|_| next != 0) else {
                 return (slot, word);
             };
@@ -668,6 +749,16 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
+        // A reading taken now, after the miss (SPEC §3, stale readings). The caller's `now` may
+        // be from before a sweep that evicted this key's bucket (the call was preempted between
+        // its clock read and its lookup); a fresh bucket at that old step would refill again
+        // steps the evicted one had already refilled. The sweep read its clock before its
+        // removal, which this miss observed (papaya's removal stores with Release, its lookups
+        // load with Acquire; the stand-in map locks), so this reading is at least the sweep's:
+        // the new bucket starts at or after the step from which the evicted one was full, where
+        // the two are the same. The call is then decided at this later reading, as a
+        // never-evicting limiter would decide a call that read the clock now.
+        let now = now.max(self.clock.now());
         // The owned key is needed early only to pick a tier; otherwise only to insert.
         let (slot, key) = match self.tier_of {
             None => (self.current_slot(0), None),
@@ -716,7 +807,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
                     // Growing: let old tables from finished resizes be freed promptly.
                     pinned.flush();
                 }
-                Touch::Inserted(Decision::new(tier.steps(), &out, n, now, self.epoch))
+                Touch::Inserted(Decision::new(tier.steps(), &out, n, now, self.epoch), slot)
             }
             Err(_) => {
                 if capped {
@@ -851,7 +942,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        self.update_key(key, 0, state::add)
+        self.update_key(key, 0, None, state::add)
     }
 
     /// Gives `n` tokens back to `key`'s bucket (capped at the capacity).
@@ -868,7 +959,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        self.update_key(key, n, state::add)
+        self.update_key(key, n, None, state::add)
     }
 
     /// Adds `n` tokens to `key`'s bucket (capped at the capacity).
@@ -885,7 +976,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        self.update_key(key, n, state::add)
+        self.update_key(key, n, None, state::add)
     }
 
     /// Fills `key`'s bucket to its capacity.
@@ -902,18 +993,20 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        self.update_key(key, 0, |s, w, k, _| state::reset(s, w, k))
+        self.update_key(key, 0, None, |s, w, k, _| state::reset(s, w, k))
     }
 
     /// Applies `op` to `key`'s bucket. `op` never empties a bucket (it adds or fills), so a key
     /// without a bucket (or one being evicted) whose untouched bucket is full is full before
     /// and after: the answer is computed on a full word and nothing is inserted. (Only after a
     /// change that raised the capacity with [`Inherit::Keep`] is an untouched bucket not full
-    /// for a while; then the key's bucket is created first, by an exact peek.)
+    /// for a while; then the key's bucket is created first, by an exact peek.) With `only`,
+    /// `op` gets `n` only for an entry under that slot, and 0 otherwise.
     fn update_key<Q>(
         &self,
         key: &Q,
         n: u64,
+        only: Option<usize>,
         op: impl Fn(&Steps, u64, u64, u64) -> state::Outcome + Copy,
     ) -> Decision
     where
@@ -926,7 +1019,8 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         let pinned = shard.map.pin();
         let mut inserted = false;
         loop {
-            if let Some((tier, cell)) = self.entry(&pinned, &probe) {
+            if let Some((slot, tier, cell)) = self.entry(&pinned, &probe) {
+                let n = if only.is_none_or(|s| s == slot) { n } else { 0 };
                 if let Some(d) = cell.update(tier.steps(), now, self.epoch, n, op) {
                     return d;
                 }
@@ -1041,7 +1135,7 @@ impl<K, S> KeyedLimiter<K, S> {
     #[inline]
     fn current_slot(&self, tier: usize) -> usize {
         // Acquire: pairs with the Release in `set_tier_limit`, so the slot is seen.
-        self.current[tier].load(crate::sync::Ordering::Acquire)
+        self.current[tier].load(Ordering::Acquire)
     }
 
     /// The limit of tier 0 (every key's, without tiers) now.
@@ -1163,10 +1257,9 @@ impl<K, S> KeyedLimiter<K, S> {
         let _ = old.change.set((t, inherit));
         // Release: publishes the new slot and the change with the mark; a call that sees the
         // mark moves its key's bucket over.
-        old.replaced_by
-            .store(used + 1, crate::sync::Ordering::Release);
+        old.replaced_by.store(used + 1, Ordering::Release);
         // Release: new keys of this tier go to the new slot; pairs with `current_slot`.
-        self.current[tier].store(used, crate::sync::Ordering::Release);
+        self.current[tier].store(used, Ordering::Release);
         *changes = (used + 1, t);
         if tier == 0 {
             // At most 255 changes reach tier 0: the overflow bucket's own bound holds.

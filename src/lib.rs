@@ -60,7 +60,9 @@ pub use clock::{
     Clock, CoarseClock, DefaultClock, ManualClock, MonotonicClock, COARSE_UPKEEP_INTERVAL,
 };
 pub use decision::{Decision, InsufficientCapacity};
-pub use keyed::{AtCapacity, Evictor, KeyHasher, KeyedLimiter, KeyedLimiterBuilder, SetLimitError};
+pub use keyed::{
+    AtCapacity, Evictor, KeyHasher, KeyedLimiter, KeyedLimiterBuilder, SetLimitError, MAX_PRESIZE,
+};
 pub use limit::{
     Limit, LimitError, LimitField, Refill, MAX_CAPACITY, MAX_INTERVAL, MIN_HORIZON, MIN_INTERVAL,
 };

@@ -29,14 +29,16 @@ impl MultiDecision {
 /// Runs one all-or-nothing call over `n_limits` limits: first a `peek(i, n)` at every limit (a
 /// denial there consumes nothing, and is the common case under a flood); then a take from each
 /// in order. A take that fails after its peek passed (another caller got there first, or the
-/// limit was changed meanwhile) gives back what this call took before it, and the call is
-/// denied by that limit (or fails, for a capacity now below `n`).
+/// limit was changed meanwhile) *undoes* what this call took before it (SPEC §2: never more
+/// back than the history without those takes would hold), and the call is denied by that
+/// limit (or fails, for a capacity now below `n`). `acquire` returns the decision and where it
+/// was made (a bucket's limit node, a key's limit slot), which `undo` gets back.
 fn all_or_nothing(
     n_limits: usize,
     n: u64,
     peek: impl Fn(usize, u64) -> Result<Decision, InsufficientCapacity>,
-    acquire: impl Fn(usize, u64) -> Result<Decision, InsufficientCapacity>,
-    refund: impl Fn(usize, u64),
+    acquire: impl Fn(usize, u64) -> Result<(Decision, usize), InsufficientCapacity>,
+    undo: impl Fn(usize, u64, &Decision, usize),
 ) -> Result<MultiDecision, InsufficientCapacity> {
     for i in 0..n_limits {
         let peek = peek(i, n)?;
@@ -54,17 +56,32 @@ fn all_or_nothing(
             });
         }
     }
+    // What was taken so far, for an undo: on the stack for up to 8 limits.
+    let mut stack: [Option<(Decision, usize)>; 8] = [None; 8];
+    let mut heap: Vec<(Decision, usize)> = Vec::new();
     let mut best: Option<MultiDecision> = None;
     for i in 0..n_limits {
         let taken = acquire(i, n);
-        if !matches!(taken, Ok(d) if d.is_allowed()) {
+        let granted = match &taken {
+            Ok((d, _)) => d.is_allowed(),
+            Err(_) => false,
+        };
+        if !granted {
             for j in 0..i {
-                refund(j, n);
+                let (d, at) = match stack.get(j) {
+                    Some(Some(t)) => *t,
+                    _ => heap[j - stack.len()],
+                };
+                undo(j, n, &d, at);
             }
         }
-        let decision = taken?;
+        let (decision, at) = taken?;
         if decision.is_denied() {
             return Ok(MultiDecision { decision, limit: i });
+        }
+        match stack.get_mut(i) {
+            Some(slot) => *slot = Some((decision, at)),
+            None => heap.push((decision, at)),
         }
         if best.is_none_or(|b| decision.remaining() < b.decision.remaining()) {
             best = Some(MultiDecision { decision, limit: i });
@@ -128,9 +145,9 @@ impl<C: Clock> MultiBucket<C> {
             self.buckets.len(),
             n,
             |i, _| self.buckets[i].try_acquire(0),
-            |i, n| self.buckets[i].try_acquire(n),
-            |i, n| {
-                self.buckets[i].refund(n);
+            |i, n| self.buckets[i].take_tracked(n),
+            |i, n, taken, node| {
+                self.buckets[i].undo(n, taken, node);
             },
         )
     }
@@ -199,9 +216,9 @@ impl<K: Hash + Eq, S: BuildHasher> MultiKeyedLimiter<K, S> {
             // SPEC's exact peek (it records a new key's bucket, whose mark later stale readings
             // must see), counted in the stats only as a denial.
             |i, n| self.limiters[i].peek_for(key, n),
-            |i, n| self.limiters[i].try_acquire_key(key, n),
-            |i, n| {
-                self.limiters[i].refund_key(key, n);
+            |i, n| self.limiters[i].take_key_tracked(key, n),
+            |i, n, taken, slot| {
+                self.limiters[i].undo_key(key, n, taken, slot);
             },
         )
     }

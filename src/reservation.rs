@@ -13,14 +13,17 @@ pub struct Reservation<'a, C: Clock> {
     bucket: &'a TokenBucket<C>,
     n: u64,
     decision: Decision,
+    /// The limit (the bucket's node) the tokens were taken under.
+    node: usize,
 }
 
 impl<'a, C: Clock> Reservation<'a, C> {
-    pub(crate) fn new(bucket: &'a TokenBucket<C>, n: u64, decision: Decision) -> Self {
+    pub(crate) fn new(bucket: &'a TokenBucket<C>, n: u64, decision: Decision, node: usize) -> Self {
         Reservation {
             bucket,
             n,
             decision,
+            node,
         }
     }
 
@@ -34,9 +37,30 @@ impl<'a, C: Clock> Reservation<'a, C> {
         self.n
     }
 
-    /// Gives the tokens back (capped at the capacity); returns the bucket after the refund.
+    /// Gives the tokens back as an *undo*: the bucket ends with at most what it would hold had
+    /// the reservation never been made. Cancelled within the refill step it was made in (or
+    /// before any other call saw a new step), all the tokens come back, capped at the capacity.
+    /// For each refill step that other calls applied since, one refill's worth (`q` tokens)
+    /// less comes back: those refills might have been capped at the capacity had the tokens
+    /// not been taken, so giving them all back could grant more than the limit allows. After a
+    /// [`set_limit`](TokenBucket::set_limit) since the reservation, nothing comes back. For an
+    /// unconditional grant, use [`TokenBucket::refund`]. Returns the bucket after the undo.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate::{Limit, ManualClock, TokenBucket};
+    /// let clock = ManualClock::new();
+    /// let bucket = TokenBucket::with_clock(Limit::new(1, 1, Duration::from_secs(1))?, clock.clone());
+    /// let r = bucket.reserve(1).unwrap();
+    /// clock.advance(Duration::from_secs(1));
+    /// assert!(bucket.check().is_allowed()); // the step-1 refill, taken by someone else
+    /// // Without the reservation the bucket was full at step 1 and that refill was capped:
+    /// // nothing comes back.
+    /// assert_eq!(r.cancel().remaining(), 0);
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
     pub fn cancel(self) -> Decision {
-        self.bucket.refund(self.n)
+        self.bucket.undo(self.n, &self.decision, self.node)
     }
 }
 

@@ -352,6 +352,30 @@ pub(crate) fn add(s: &Steps, word: u64, k: u64, n: u64) -> Outcome {
     }
 }
 
+/// Refill `word` to step `k`, then *undo* a take of `n` tokens whose call left the mark at
+/// `taken_mark` (SPEC §2, undo versus refund): afterwards the bucket holds at most what it
+/// would hold had the take never happened.
+///
+/// Had the take not happened, the bucket would hold `δ <= n` more tokens, and every refill
+/// since can only shrink `δ` (a refill that brought the bucket to C would have been capped
+/// earlier by up to the tokens it added) while takes and denials leave it as it is. Refills
+/// this call applies itself are capped exactly by adding after refilling (as [`add`] does).
+/// Refills that other calls applied (the stored mark moved past `taken_mark`) happened when
+/// the bucket held an unknown number of tokens, so they are charged in full: `q` tokens per
+/// step. The undo gives back `n - q * (steps others refilled)`, at least 0: exactly `n` when
+/// no other call saw a new step since the take (the usual case for a rollback, which follows
+/// its take at once), never more than the history without the take would hold.
+#[inline]
+pub(crate) fn undo(s: &Steps, word: u64, k: u64, n: u64, taken_mark: u64) -> Outcome {
+    let stored = word >> s.token_bits;
+    let d = stored.wrapping_sub(taken_mark) & s.mark_mask;
+    // At or beyond the horizon the stored mark reads as behind the take's: marks never move
+    // back, so that is a wrap after centuries; give nothing.
+    let others = if d < s.horizon { d } else { u64::MAX };
+    let give = n.saturating_sub(others.saturating_mul(s.q));
+    add(s, word, k, give)
+}
+
 /// A full bucket marked at step `k`, whatever `word` held (a reset). Refilling first keeps
 /// the mark from moving back.
 #[inline]
@@ -538,6 +562,37 @@ mod tests {
         assert_eq!(add(&s, s.full(3), 3, 1).write, None);
         let o = reset(&s, w, 2);
         assert_eq!((o.tokens, o.mark), (5, 3), "a stale reset keeps the mark");
+    }
+
+    #[test]
+    fn undo_never_resurrects_a_capped_refill() {
+        // SPEC §2's case: C = 1, q = 1. A take at step 0 empties the bucket (mark 0).
+        let s = Steps::new(1, 1, 1, 10);
+        let taken = step(&s, s.full(0), 0, 1);
+        let after_take = taken.write.unwrap();
+        // Another call refills step 1 and takes that token: the stored mark moved on.
+        let other = step(&s, after_take, 1, 1).write.unwrap();
+        let o = undo(&s, other, 1, 1, taken.mark);
+        assert_eq!(
+            o.tokens, 0,
+            "the step-1 token was capped in the history without the take"
+        );
+        // The undo sees the new step itself: it refills, then gives back, capped at C.
+        let o = undo(&s, after_take, 1, 1, taken.mark);
+        assert_eq!(o.tokens, 1);
+        // No step since the take: all of it comes back.
+        let s = Steps::new(5, 1, 1, 10);
+        let taken = step(&s, s.full(0), 0, 2);
+        let o = undo(&s, taken.write.unwrap(), 0, 2, taken.mark);
+        assert_eq!(o.tokens, 5);
+        // Two steps refilled by others: 2 - 2 * q = 0 comes back, though the bucket has room.
+        let w = s.pack(2, 1);
+        assert_eq!(undo(&s, w, 2, 2, taken.mark).tokens, 1);
+        // One step refilled by others: 2 - 1 = 1 comes back.
+        let w = s.pack(1, 1);
+        assert_eq!(undo(&s, w, 1, 2, taken.mark).tokens, 2);
+        // A stale undo (its step behind the mark) still counts the mark's steps.
+        assert_eq!(undo(&s, w, 0, 2, taken.mark).tokens, 2);
     }
 
     #[test]
