@@ -239,6 +239,19 @@ mod loom_map {
 
     /// The loom stand-in: a linearizable map (one mutex) whose cells outlive their removal, as
     /// papaya's do under a guard (here by leaking them: models are small).
+    ///
+    /// What it cannot expose. Every operation here takes one lock, so all of them are ordered
+    /// with each other, on every key. papaya orders less: an operation synchronizes only with
+    /// the operation whose write to the same table slot it reads (inserts, replacements and
+    /// removals store with Release, lookups load with Acquire), and operations on different
+    /// keys do not synchronize at all. The protocol relies on the map only for that per-slot
+    /// order: a lookup that finds an entry sees its cell's initial word; a lookup that misses
+    /// a removed entry is ordered after the removal (and so after the clock reading of the
+    /// sweep that removed it, which is why a first touch reads the clock again after its
+    /// miss). Everything shared across keys (the slot in force, replaced slots, the key count,
+    /// sweep pacing) is published through the limiter's own atomics from `crate::sync`, which
+    /// loom does see. A model in which the map itself is weaker than this lock would need a
+    /// model of papaya's slots; it is not here.
     pub(crate) struct ShardMap<K> {
         entries: Mutex<Vec<(Hashed<K>, &'static Cell)>>,
     }

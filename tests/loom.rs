@@ -291,4 +291,154 @@ mod keyed {
             assert!(limiter.is_empty());
         });
     }
+
+    /// SPEC §3, a stale reading racing eviction: a call reads the clock at 0, when key 1 was
+    /// just drained (capacity 1), and may be preempted while the clock moves 10 s on and the
+    /// key's full, idle bucket is evicted. A never-evicting limiter has one token for that call
+    /// and a call at 10 s together; a bucket recreated at the stale step would give two.
+    #[test]
+    fn stale_reading_racing_eviction() {
+        loom::model(|| {
+            let clock = ManualClock::new();
+            let limiter = Arc::new(
+                KeyedLimiter::<u64>::builder(Limit::new(1, 1, Duration::from_secs(1)).unwrap())
+                    .clock(clock.clone())
+                    .idle_ttl(Duration::ZERO)
+                    .shards(1)
+                    .build(),
+            );
+            assert!(limiter.check_key(&1).is_allowed());
+            let l = limiter.clone();
+            let stale = thread::spawn(move || l.check_key(&1).is_allowed() as u64);
+            let l = limiter.clone();
+            let c = clock.clone();
+            let evictor = thread::spawn(move || {
+                c.advance(Duration::from_secs(10));
+                l.evict_idle()
+            });
+            let a = stale.join().unwrap();
+            assert!(evictor.join().unwrap() <= 1);
+            let b = limiter.check_key(&1).is_allowed() as u64;
+            assert_eq!(a + b, 1, "granted {a} + {b} after the drain");
+        });
+    }
+
+    /// Two limit changes at once: they apply one after the other, and the key's bucket is
+    /// converted through both in that order.
+    #[test]
+    fn concurrent_set_limits() {
+        loom::model(|| {
+            let limiter = half_used(); // key 1: 1 of 2
+            let changers: Vec<_> = [4, 8]
+                .into_iter()
+                .map(|c| {
+                    let l = limiter.clone();
+                    thread::spawn(move || {
+                        let limit = Limit::new(c, 1, Duration::from_secs(3600)).unwrap();
+                        l.set_limit(limit, tollgate::Inherit::Proportional).unwrap();
+                    })
+                })
+                .collect();
+            for c in changers {
+                c.join().unwrap();
+            }
+            let d = limiter.try_acquire_key(&1, 0).unwrap();
+            // 2 -> 4 -> 8: 1 of 2 is 2 of 4 is 4 of 8; 2 -> 8 -> 4: 4 of 8 is 2 of 4.
+            match d.limit() {
+                8 => assert_eq!(d.remaining(), 4),
+                4 => assert_eq!(d.remaining(), 2),
+                other => panic!("limit {other}"),
+            }
+            assert_eq!(limiter.limit().capacity(), d.limit());
+        });
+    }
+
+    /// A tier's limit change racing a key's first touch: the new key is decided under one
+    /// limit and its bucket ends where that order leads.
+    #[test]
+    fn set_limit_racing_first_touch() {
+        loom::model(|| {
+            let limiter = half_used();
+            let l = limiter.clone();
+            let changer = thread::spawn(move || {
+                l.set_limit(four(), tollgate::Inherit::Proportional)
+                    .unwrap()
+            });
+            let l = limiter.clone();
+            let toucher = thread::spawn(move || l.check_key(&5));
+            changer.join().unwrap();
+            let d = toucher.join().unwrap();
+            assert!(d.is_allowed());
+            let left = limiter.try_acquire_key(&5, 0).unwrap();
+            assert_eq!(left.limit(), 4);
+            match d.limit() {
+                // Full 2, one taken: 1 of 2, then 2 of 4.
+                2 => assert_eq!(left.remaining(), 2),
+                // An untouched bucket under the new limit: 4, one taken.
+                4 => assert_eq!(left.remaining(), 3),
+                other => panic!("decided under limit {other}"),
+            }
+        });
+    }
+
+    /// The key cap (1 key, overflow) under two racing new keys: one bucket is created, the
+    /// other key draws from the overflow bucket, and the count of keys stays right: once the
+    /// bucket is evicted, a new key gets a bucket again.
+    #[test]
+    fn key_cap_accounting_with_overflow() {
+        loom::model(|| {
+            let clock = ManualClock::new();
+            let limiter = Arc::new(
+                KeyedLimiter::<u64>::builder(Limit::new(1, 1, Duration::from_secs(1)).unwrap())
+                    .clock(clock.clone())
+                    .idle_ttl(Duration::ZERO)
+                    .max_keys(1, tollgate::AtCapacity::Overflow)
+                    .shards(1)
+                    .build(),
+            );
+            let handles: Vec<_> = [2u64, 3]
+                .into_iter()
+                .map(|k| {
+                    let l = limiter.clone();
+                    thread::spawn(move || l.check_key(&k).is_allowed())
+                })
+                .collect();
+            for h in handles {
+                assert!(h.join().unwrap(), "a bucket or the full overflow bucket");
+            }
+            assert_eq!(limiter.len(), 1, "the cap holds");
+            clock.advance(Duration::from_secs(10));
+            assert_eq!(limiter.evict_idle(), 1);
+            assert!(limiter.check_key(&4).is_allowed());
+            assert_eq!(limiter.len(), 1, "the evicted key's place was given back");
+        });
+    }
+}
+
+/// SPEC §2, a multi-limit rollback across a refill. Limit 0: 1 per second (C = 1); limit 1:
+/// 1 per hour. X takes from both or neither; T takes limit 1's token; Z moves the clock one
+/// step on and takes from limit 0. Z and W (after all) both run in step 1, in which limit 0
+/// has at most one token whatever X did: they are never both granted.
+#[test]
+fn multi_rollback_across_a_refill() {
+    loom::model(|| {
+        let clock = ManualClock::new();
+        let limits = Arc::new(tollgate::MultiBucket::with_clock(
+            Limit::new(1, 1, Duration::from_secs(1)).unwrap(),
+            [Limit::new(1, 1, Duration::from_secs(3600)).unwrap()],
+            clock.clone(),
+        ));
+        let l = limits.clone();
+        let x = thread::spawn(move || l.check().is_allowed());
+        let l = limits.clone();
+        let t = thread::spawn(move || l.buckets()[1].check().is_allowed());
+        let l = limits.clone();
+        let z = thread::spawn(move || {
+            clock.advance(Duration::from_secs(1));
+            l.buckets()[0].check().is_allowed()
+        });
+        let (_, _, z) = (x.join().unwrap(), t.join().unwrap(), z.join().unwrap());
+        let w = limits.buckets()[0].check().is_allowed();
+        assert!(!(z && w), "limit 0 granted two tokens in step 1");
+    });
 }
