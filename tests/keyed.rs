@@ -19,6 +19,7 @@ fn kop() -> impl Strategy<Value = KOp> {
         any::<u64>().prop_map(KOp::Rewind),
         (0u8..6, 0u64..10).prop_map(|(k, n)| KOp::Acquire(k, n)),
         (0u8..6, 0u64..10).prop_map(|(k, n)| KOp::Acquire(k, n)),
+        (0u8..6, 0u64..10, any::<u64>()).prop_map(|(k, n, b)| KOp::Stale(k, n, b)),
         Just(KOp::Evict),
         (
             any::<u8>(),

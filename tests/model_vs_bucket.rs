@@ -54,7 +54,7 @@ fn limit() -> impl Strategy<Value = (u64, u64, u64, bool)> {
 
 /// Raw ops; sizes are scaled to the limit's step in `scale`.
 fn raw_op() -> impl Strategy<Value = (u8, u64)> {
-    (0u8..13, any::<u64>())
+    (0u8..15, any::<u64>())
 }
 
 fn scale(op: (u8, u64), cap: u64, step_ns: u64) -> Op {
@@ -72,6 +72,8 @@ fn scale(op: (u8, u64), cap: u64, step_ns: u64) -> Op {
         9 => Op::Acquire(cap + 1 + x % 3),
         10 => Op::Acquire(1 + x % cap),
         11 => Op::Acquire(1),
+        12 => Op::Reserve(1 + x % cap),
+        13 => Op::Cancel,
         _ => {
             let cap = (1 + x % cap.saturating_mul(2)).min(tollgate::MAX_CAPACITY);
             let amount = 1 + (x >> 33) % cap;

@@ -42,7 +42,9 @@ fn try_bucket_vs_model(u: &mut Unstructured<'_>) -> Result<usize> {
     let mut ops = Vec::new();
     while !u.is_empty() && ops.len() < 512 {
         let x: u64 = u.arbitrary()?;
-        ops.push(match u.int_in_range(0u8..=8)? {
+        ops.push(match u.int_in_range(0u8..=10)? {
+            9 => Op::Reserve(x % (cap + 2)),
+            10 => Op::Cancel,
             0 => Op::Advance(x % 1_000),
             1 => Op::Advance(step.saturating_mul(x % 8)),
             2 => Op::Advance(x),
@@ -77,7 +79,12 @@ fn try_keyed_vs_model(u: &mut Unstructured<'_>) -> Result<usize> {
     let ttl_steps = u.int_in_range(0..=4u64)?;
     let mut ops = Vec::new();
     while !u.is_empty() && ops.len() < 512 {
-        ops.push(match u.int_in_range(0u8..=6)? {
+        ops.push(match u.int_in_range(0u8..=7)? {
+            7 => KOp::Stale(
+                u.int_in_range(0..=5)?,
+                u.int_in_range(0..=cap + 1)?,
+                u.arbitrary()?,
+            ),
             0 => KOp::Advance(u.int_in_range(0..=3)?),
             1 => KOp::Advance(u.arbitrary()?),
             2 => KOp::Rewind(u.arbitrary()?),

@@ -16,6 +16,11 @@ pub enum KOp {
     Advance(u64),
     Rewind(u64),
     Acquire(u8, u64),
+    /// `try_acquire_key(key, n)` whose first clock reading is stale by `behind % (64 steps)`,
+    /// at least 1 ns (a call preempted after it read the clock, SPEC §3): it must decide as the
+    /// never-evicting model does at that reading, or at a later one (a first touch reads the
+    /// clock again after its miss).
+    Stale(u8, u64, u64),
     Evict,
     /// `set_tier_limit(tier % 2, ..)`: capacity `1 + cap % 8`, amount `1 + amount % cap`, the
     /// step `1 + stretch % 4` times the trace's, greedy or not; the policy `inherit % 3`.
@@ -27,6 +32,22 @@ pub enum KOp {
         greedy: bool,
         inherit: u8,
     },
+}
+
+/// A manual clock whose next reading can be made stale once; counts its readings.
+#[derive(Clone)]
+struct StaleOnce {
+    clock: ManualClock,
+    behind: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    reads: std::sync::Arc<AtomicUsize>,
+}
+
+impl Clock for StaleOnce {
+    fn now(&self) -> u64 {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        let behind = self.behind.swap(0, Ordering::Relaxed);
+        self.clock.now().saturating_sub(behind)
+    }
 }
 
 /// Limit changes applied by `check_keyed` so far (for reports).
@@ -66,9 +87,14 @@ pub fn check_keyed(
     let clock = ManualClock::new();
     clock.set(1 << 40);
     let ttl = Duration::from_nanos(step_ns * ttl_steps);
+    let stale = StaleOnce {
+        clock: clock.clone(),
+        behind: Default::default(),
+        reads: Default::default(),
+    };
     let limiter: KeyedLimiter<u8> = KeyedLimiter::builder(limit)
         .tiers([limit], |key: &u8| usize::from(key % 2))
-        .clock(clock.clone())
+        .clock(stale.clone())
         .idle_ttl(ttl)
         .shards(2)
         .build();
@@ -102,6 +128,36 @@ pub fn check_keyed(
                         observe(&d),
                         want.unwrap(),
                         "key {key} n {n} t {t} ops {ops:?}"
+                    ),
+                    Err(_) => assert!(want.is_err()),
+                }
+                compared += 1;
+            }
+            KOp::Stale(key, n, behind) => {
+                let n = n % (cap.max(8) + 2);
+                let t = clock.now();
+                let behind = 1 + behind % (step_ns * 64);
+                let t_stale = t.saturating_sub(behind);
+                let model = models
+                    .entry(key)
+                    .or_insert_with(|| fresh[usize::from(key % 2)].clone());
+                stale.behind.store(behind, Ordering::Relaxed);
+                stale.reads.store(0, Ordering::Relaxed);
+                let got = limiter.try_acquire_key(&key, n);
+                // The call decides at its stale reading, or (a first touch, which reads the
+                // clock again after its miss) at the second, current one.
+                let at = if stale.reads.load(Ordering::Relaxed) >= 2 {
+                    t
+                } else {
+                    t_stale
+                };
+                stale.behind.store(0, Ordering::Relaxed);
+                let want = model.acquire(at, n);
+                match got {
+                    Ok(d) => assert_eq!(
+                        observe(&d),
+                        want.unwrap(),
+                        "stale key {key} n {n} at {at} (stale {t_stale}, now {t}) ops {ops:?}"
                     ),
                     Err(_) => assert!(want.is_err()),
                 }

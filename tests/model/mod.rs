@@ -153,6 +153,21 @@ impl Model {
     pub fn tokens(&self) -> u64 {
         self.tokens
     }
+
+    /// Applies, at `t`, a call that was decided elsewhere: refill, then take `n` if it was
+    /// granted (for the history without an undone take, where the other calls keep their
+    /// outcomes).
+    pub fn replay(&mut self, t: u64, n: u64, granted: bool) {
+        let _ = self.acquire(t, 0);
+        if granted {
+            self.tokens = self.tokens.saturating_sub(n);
+        }
+    }
+
+    /// Sets the tokens (after an undo, whose exact amount SPEC §2 bounds but does not fix).
+    pub fn set_tokens(&mut self, tokens: u64) {
+        self.tokens = tokens;
+    }
 }
 
 /// The model's view of a tollgate decision, for comparison.
@@ -176,6 +191,10 @@ pub enum Op {
     Rewind(u64),
     /// `try_acquire(n)`.
     Acquire(u64),
+    /// `reserve(n)` (a reservation still held is dropped first: its tokens stay spent).
+    Reserve(u64),
+    /// `cancel()` the reservation held, if any: an undo (SPEC §2).
+    Cancel,
     /// `set_limit` to these numbers (skipped when `Limit` rejects them) with policy
     /// `inherit % 3` (keep, proportional, reset).
     SetLimit {
@@ -221,6 +240,13 @@ pub fn check_trace(cap: u64, amount: u64, interval_ns: u64, greedy: bool, ops: &
     let mut latest = TRACE_START.saturating_add(horizon / 2);
     let mut seen = TRACE_START;
     let mut compared = 0;
+    // The reservation held, and a model of the history without its take: every other call
+    // replayed with the outcome it had. SPEC §2 bounds an undo by that history as long as no
+    // explicit grant (here: a same-limit `Reset`, which is a `reset()`) came in between; after
+    // one, the undo may return tokens the grant already covered (both are explicit), and only
+    // the capacity bounds it.
+    let mut held: Option<(tollgate::Reservation<'_, tollgate::ManualClock>, Model)> = None;
+    let mut granted_since = false;
     for (i, op) in ops.iter().enumerate() {
         match *op {
             Op::Advance(ns) => {
@@ -232,6 +258,9 @@ pub fn check_trace(cap: u64, amount: u64, interval_ns: u64, greedy: bool, ops: &
                 let t = clock_now(&clock);
                 let got = bucket.try_acquire(n);
                 let want = model.acquire(t, n);
+                if let (Some((_, without)), Ok(m)) = (&mut held, &want) {
+                    without.replay(t, n, m.allowed);
+                }
                 match (got, want) {
                     (Err(e), Err(())) => {
                         assert_eq!((e.requested, e.capacity), (n, model.cap), "op {i}");
@@ -243,6 +272,57 @@ pub fn check_trace(cap: u64, amount: u64, interval_ns: u64, greedy: bool, ops: &
                     ),
                     (got, want) => panic!("op {i}: bucket {got:?}, model {want:?}"),
                 }
+                compared += 1;
+            }
+            Op::Reserve(n) => {
+                held = None;
+                let t = clock_now(&clock);
+                let without = model.clone();
+                let want = model.acquire(t, n);
+                match (bucket.reserve(n), want) {
+                    (Ok(r), Ok(m)) => {
+                        assert_eq!(observe(r.decision()), m, "op {i} at t={t}, ops {ops:?}");
+                        let mut without = without;
+                        without.replay(t, 0, false);
+                        held = Some((r, without));
+                        granted_since = false;
+                    }
+                    (Err(tollgate::ReserveError::Denied(d)), Ok(m)) => {
+                        assert_eq!(observe(&d), m, "op {i} at t={t}, ops {ops:?}");
+                    }
+                    (Err(tollgate::ReserveError::InsufficientCapacity(_)), Err(())) => {}
+                    (got, want) => panic!("op {i}: reserve {got:?}, model {want:?}"),
+                }
+                compared += 1;
+            }
+            Op::Cancel => {
+                let Some((r, mut without)) = held.take() else {
+                    continue;
+                };
+                let t = clock_now(&clock);
+                let d = r.cancel();
+                let _ = model.acquire(t, 0);
+                without.replay(t, 0, false);
+                // SPEC §2: an undo gives back at most what the history without the take holds,
+                // and takes nothing.
+                let most = if granted_since {
+                    without.params().0
+                } else {
+                    without.tokens()
+                };
+                assert!(
+                    model.tokens() <= d.remaining() && d.remaining() <= most,
+                    "op {i}: undo left {}, the bucket held {}, without the take {}; ops {ops:?}",
+                    d.remaining(),
+                    model.tokens(),
+                    without.tokens()
+                );
+                model.set_tokens(d.remaining());
+                assert_eq!(
+                    observe(&d),
+                    model.acquire(t, 0).unwrap(),
+                    "op {i}, ops {ops:?}"
+                );
                 compared += 1;
             }
             Op::SetLimit {
@@ -271,7 +351,12 @@ pub fn check_trace(cap: u64, amount: u64, interval_ns: u64, greedy: bool, ops: &
                     continue; // too many changes: nothing changed
                 };
                 latest = latest.min(bound);
+                granted_since |= model.params() == (cap, amount, interval_ns, greedy)
+                    && policy == tollgate::Inherit::Reset;
                 model.set_limit(t, (cap, amount, interval_ns, greedy), policy);
+                if let Some((_, without)) = &mut held {
+                    without.set_limit(t, (cap, amount, interval_ns, greedy), policy);
+                }
                 let want = model.acquire(t, 0).unwrap();
                 assert_eq!(
                     observe(&got),
