@@ -52,6 +52,7 @@ mod reservation;
 mod state;
 mod stats;
 mod sync;
+mod upkeep;
 #[cfg(feature = "tokio")]
 mod wait;
 
@@ -69,3 +70,6 @@ pub use limit::{
 pub use multi::{MultiBucket, MultiDecision, MultiKeyedLimiter};
 pub use reservation::{Reservation, ReserveError};
 pub use stats::Stats;
+#[cfg(loom)]
+#[doc(hidden)]
+pub use upkeep::LoomUpkeep;

@@ -442,3 +442,41 @@ fn multi_rollback_across_a_refill() {
         assert!(!(z && w), "limit 0 granted two tokens in step 1");
     });
 }
+
+/// The coarse clock's upkeep handshake (`src/upkeep.rs`): the upkeep ticks twice and parks if
+/// the second tick saw no reader, while a reader reads twice (the second time with a precise
+/// clock behind the stored time); then the main thread reads. No reader waits, no reading goes
+/// back, and the upkeep never stays parked past a read: each park is woken exactly once, by the
+/// first read that finds it.
+#[test]
+fn upkeep_park_racing_readers() {
+    loom::model(|| {
+        let u = Arc::new(tollgate::LoomUpkeep::new(0));
+        let upkeep = {
+            let u = u.clone();
+            thread::spawn(move || {
+                u.tick(10);
+                !u.tick(20) && u.try_park()
+            })
+        };
+        let reader = {
+            let u = u.clone();
+            thread::spawn(move || {
+                let (a, woke_a) = u.read(30);
+                let (b, woke_b) = u.read(5);
+                assert!(b >= a, "time went back: {b} after {a}");
+                (b, woke_a as usize + woke_b as usize)
+            })
+        };
+        let (last, woken) = reader.join().unwrap();
+        let parked = upkeep.join().unwrap();
+        let (t, woke) = u.read(40);
+        assert!(t >= last, "time went back: {t} after {last}");
+        assert!(!u.is_parked(), "a read left the upkeep parked");
+        assert_eq!(
+            woken + woke as usize,
+            parked as usize,
+            "each park, one wake"
+        );
+    });
+}
