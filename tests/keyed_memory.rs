@@ -25,8 +25,9 @@ fn memory_follows_the_active_set() {
         .idle_ttl(Duration::from_millis(5))
         .build();
     let base = counting::live();
-    let (mut max_len, mut max_live) = (0usize, 0usize);
-    let mut live_at_warm = 0;
+    // The largest live size over a warm window (100k..500k keys) and over the rest of the
+    // stream: maxima, not one sample, which could fall at a trough right after a sweep.
+    let (mut max_len, mut max_live, mut warm_max) = (0usize, 0usize, 0usize);
     for i in 0..STREAM {
         clock.advance(Duration::from_micros(1));
         assert!(limiter.check_key(&i).is_allowed());
@@ -36,18 +37,18 @@ fn memory_follows_the_active_set() {
         if i % 1_000 == 0 {
             max_len = max_len.max(limiter.len());
             let live = counting::live().saturating_sub(base);
-            if i == 100_000 {
-                live_at_warm = live;
+            if (100_000..500_000).contains(&i) {
+                warm_max = warm_max.max(live);
             }
-            if i >= 100_000 {
+            if i >= 500_000 {
                 max_live = max_live.max(live);
             }
         }
     }
     let peak = counting::peak().saturating_sub(base);
     eprintln!(
-        "keyed memory: {STREAM} keys streamed, {ACTIVE} active: max len {max_len}, live bytes \
-         at 100k keys {live_at_warm}, max live bytes after {max_live}, peak {peak} \
+        "keyed memory: {STREAM} keys streamed, {ACTIVE} active: max len {max_len}, max live bytes \
+         over 100k..500k keys {warm_max}, after {max_live}, peak {peak} \
          ({} B per active key)",
         peak / ACTIVE as usize
     );
@@ -56,12 +57,10 @@ fn memory_follows_the_active_set() {
         max_len <= 3 * active_set,
         "len {max_len} > 3 x {active_set}"
     );
-    // Allocated memory: no growth with the stream (after 100k keys, 1,900,000 more keys
-    // leave it within 1.5x), and at most 512 bytes per active key at the peak.
-    assert!(
-        max_live <= live_at_warm * 3 / 2,
-        "{max_live} vs {live_at_warm}"
-    );
+    // Allocated memory: no growth with the stream (the last 1,500,000 keys never take it
+    // above 1.5x the most it held over the 400,000 before), and at most 512 bytes per active
+    // key at the peak.
+    assert!(max_live <= warm_max * 3 / 2, "{max_live} vs {warm_max}");
     assert!(
         peak <= 512 * active_set,
         "peak {peak} B for {active_set} active keys"
