@@ -9,7 +9,19 @@ use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use http::{Extensions, HeaderMap, Method, Uri};
 
 /// The key a request is limited by.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+///
+/// A key taken from a request shares the request's memory (a header value is a view into the
+/// connection's read buffer): extracting it copies nothing, and a lookup of a known key
+/// allocates nothing. [`Clone`] makes a compact, owned copy instead (just the key's bytes), which
+/// is what a limiter stores when it first sees a key, so a stored key never keeps a request's
+/// buffer alive.
+///
+/// ```
+/// use tollgate::http::Key;
+/// let key = Key::Header("k-123".parse().unwrap());
+/// assert_eq!(key.clone(), key);
+/// ```
+#[derive(Debug)]
 pub enum Key {
     /// One bucket for all requests.
     Global,
@@ -17,10 +29,105 @@ pub enum Key {
     Ip(IpAddr),
     /// A header's value (an API key), shared with the request (no copy).
     Header(HeaderValue),
-    /// Bytes (a bearer token, or a key a closure built).
+    /// A bearer token: the whole `Authorization` value, shared with the request; the key is the
+    /// token after the scheme (compared and hashed without the scheme and surrounding spaces,
+    /// so `Bearer t` and `bearer  t` are one key).
+    Bearer(HeaderValue),
+    /// Bytes (a key a closure built).
     Bytes(Bytes),
     /// Text a closure built (a user id).
     Text(String),
+}
+
+impl Key {
+    /// A bearer-token key from an `Authorization` value, if it is `Bearer <token>` with a
+    /// non-empty token.
+    fn bearer(value: &HeaderValue) -> Option<Key> {
+        let (scheme, token) = split_scheme(value.as_bytes())?;
+        (scheme.eq_ignore_ascii_case(b"bearer") && !token.is_empty())
+            .then(|| Key::Bearer(value.clone()))
+    }
+
+    /// The bytes that identify a `Bearer` key: its token.
+    fn token(value: &HeaderValue) -> &[u8] {
+        split_scheme(value.as_bytes()).map_or(&[], |(_, token)| token)
+    }
+
+    /// The token of a `Bearer` key (what identifies it).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn bearer_token(&self) -> Option<&[u8]> {
+        match self {
+            Key::Bearer(v) => Some(Key::token(v)),
+            _ => None,
+        }
+    }
+}
+
+/// A compact owned copy of a header value (its bytes only, not the buffer it may share).
+fn compact(value: &HeaderValue) -> HeaderValue {
+    let mut copy = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(value.as_bytes()))
+        .unwrap_or_else(|_| value.clone());
+    copy.set_sensitive(value.is_sensitive());
+    copy
+}
+
+impl Clone for Key {
+    /// A compact, owned copy: header values and bytes are copied out of whatever buffer they
+    /// share.
+    fn clone(&self) -> Self {
+        match self {
+            Key::Global => Key::Global,
+            Key::Ip(ip) => Key::Ip(*ip),
+            Key::Header(v) => Key::Header(compact(v)),
+            Key::Bearer(v) => Key::Bearer(compact(v)),
+            Key::Bytes(b) => Key::Bytes(Bytes::copy_from_slice(b)),
+            Key::Text(t) => Key::Text(t.clone()),
+        }
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        match (self, other) {
+            (Key::Global, Key::Global) => true,
+            (Key::Ip(a), Key::Ip(b)) => a == b,
+            (Key::Header(a), Key::Header(b)) => a.as_bytes() == b.as_bytes(),
+            (Key::Bearer(a), Key::Bearer(b)) => Key::token(a) == Key::token(b),
+            (Key::Bytes(a), Key::Bytes(b)) => a == b,
+            (Key::Text(a), Key::Text(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match self {
+            Key::Global => state.write_u8(0),
+            Key::Ip(ip) => {
+                state.write_u8(1);
+                ip.hash(state);
+            }
+            Key::Header(v) => {
+                state.write_u8(2);
+                state.write(v.as_bytes());
+            }
+            Key::Bearer(v) => {
+                state.write_u8(3);
+                state.write(Key::token(v));
+            }
+            Key::Bytes(b) => {
+                state.write_u8(4);
+                state.write(b);
+            }
+            Key::Text(t) => {
+                state.write_u8(5);
+                state.write(t.as_bytes());
+            }
+        }
+    }
 }
 
 /// The parts of a request an extractor, a cost function or an exemption can look at.
@@ -312,14 +419,7 @@ impl KeyExtractor {
                 let value = req.headers.get(name)?;
                 (!value.is_empty()).then(|| Key::Header(value.clone()))
             }
-            Kind::Bearer => {
-                let value = req.headers.get(AUTHORIZATION)?.as_bytes();
-                let (scheme, token) = split_scheme(value)?;
-                if !scheme.eq_ignore_ascii_case(b"bearer") || token.is_empty() {
-                    return None;
-                }
-                Some(Key::Bytes(Bytes::copy_from_slice(token)))
-            }
+            Kind::Bearer => Key::bearer(req.headers.get(AUTHORIZATION)?),
             Kind::Fn(f) => f(req),
         }
     }
@@ -488,7 +588,7 @@ mod tests {
     fn bearer_tokens() {
         let req = req_from("1.2.3.4", &[("authorization", b"Bearer  abc.def ")]);
         let key = KeyExtractor::bearer().extract(&RequestInfo::new(&req, None));
-        assert_eq!(key, Some(Key::Bytes(Bytes::from_static(b"abc.def"))));
+        assert_eq!(key, Some(Key::Bearer("bearer abc.def".parse().unwrap())));
         let req = req_from("1.2.3.4", &[("authorization", b"Basic abc")]);
         assert_eq!(
             KeyExtractor::bearer().extract(&RequestInfo::new(&req, None)),

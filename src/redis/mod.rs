@@ -462,6 +462,8 @@ impl crate::http::Backend for RedisLimiter {
             Key::Global => b"g".to_vec(),
             Key::Ip(ip) => tagged(b"i:", ip.to_string().as_bytes()),
             Key::Header(v) => tagged(b"h:", v.as_bytes()),
+            // The token only: `Bearer t` and `bearer t` are one key.
+            Key::Bearer(v) => tagged(b"b:", key.bearer_token().unwrap_or(v.as_bytes())),
             Key::Bytes(b) => tagged(b"b:", b),
             Key::Text(t) => tagged(b"t:", t.as_bytes()),
         };
