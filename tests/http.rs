@@ -25,8 +25,18 @@ fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-/// Serves `router` on a free loopback port (with connect info for peer-IP keys).
+/// Serves `router` on a free loopback port (with connect info for peer-IP keys: axum's
+/// `ConnectInfo` with the `axum` feature; without it, copied into `PeerAddr` by a middleware,
+/// as the `PeerAddr` docs show).
 async fn serve(router: Router) -> SocketAddr {
+    #[cfg(not(feature = "axum"))]
+    let router = router.layer(axum::middleware::map_request(
+        |axum::extract::ConnectInfo(remote): axum::extract::ConnectInfo<SocketAddr>,
+         mut req: axum::extract::Request| async move {
+            req.extensions_mut().insert(PeerAddr(remote));
+            req
+        },
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -509,4 +519,29 @@ fn client_ip_walks_hops_from_the_right_across_header_lines() {
         key_of(&[("x-forwarded-for", "10.0.0.5, 10.0.0.3")]),
         ip("10.0.0.5")
     );
+}
+
+/// A peer-IP key on a server that does not pass the peer address is a loud set-up error (500,
+/// saying what is missing), never a 401 for every client.
+#[tokio::test]
+async fn peer_ip_without_the_peer_address_is_a_loud_500() {
+    let limiter: KeyedLimiter<Key> = KeyedLimiter::new(Limit::per_second(5).unwrap());
+    let layer = RateLimitLayer::builder(limiter)
+        .key(KeyExtractor::peer_ip())
+        .build()
+        .unwrap();
+    let router = Router::new()
+        .route("/api", get(|| async { "ok" }))
+        .layer(layer);
+    // Served without connect info: neither `ConnectInfo` nor `PeerAddr` reaches the layer.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let c = client();
+    let req = Request::get(format!("http://{addr}/api"))
+        .body(Full::default())
+        .unwrap();
+    let got = send(&c, req).await;
+    assert_eq!(got.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(String::from_utf8_lossy(&got.body).contains("peer address"));
 }

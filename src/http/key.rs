@@ -184,8 +184,26 @@ impl<'a> RequestInfo<'a> {
 }
 
 /// The peer address of a connection, as a request extension. Insert it in a bare hyper server
-/// (`req.extensions_mut().insert(PeerAddr(remote))`); axum's `ConnectInfo<SocketAddr>` is read
-/// too with the `axum` feature.
+/// (`req.extensions_mut().insert(PeerAddr(remote))`); axum's `ConnectInfo<SocketAddr>` (from
+/// `into_make_service_with_connect_info::<SocketAddr>()`) is read too with the `axum` feature.
+///
+/// Peer and client IP keys need one of the two. A request without either is a server set-up
+/// error, not a client's: the layer answers it `500 Internal Server Error` (problem+json saying
+/// what is missing) and logs an error (at most once a minute), instead of treating every client
+/// as keyless. An axum app without the `axum` feature can insert the address itself:
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use tollgate::http::PeerAddr;
+/// // In an axum app: `.layer(axum::middleware::from_fn(peer))`, served with
+/// // `into_make_service_with_connect_info::<SocketAddr>()`.
+/// fn peer(mut req: http::Request<()>, remote: SocketAddr) -> http::Request<()> {
+///     req.extensions_mut().insert(PeerAddr(remote));
+///     req
+/// }
+/// let req = peer(http::Request::new(()), "192.0.2.7:4000".parse().unwrap());
+/// assert!(req.extensions().get::<PeerAddr>().is_some());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
 
@@ -407,6 +425,13 @@ impl KeyExtractor {
         F: Fn(&RequestInfo<'_>) -> Option<Key> + Send + Sync + 'static,
     {
         KeyExtractor::of(Kind::Fn(Arc::new(f)))
+    }
+
+    /// Whether this extractor needs the connection's peer address (peer and client IP keys),
+    /// and `req` does not carry it: a server set-up error (see [`RequestInfo::peer_addr`]),
+    /// which the layer reports loudly instead of treating every request as keyless.
+    pub(crate) fn lacks_peer(&self, req: &RequestInfo<'_>) -> bool {
+        matches!(self.kind, Kind::Peer | Kind::Client(_)) && req.peer_addr().is_none()
     }
 
     /// The key of `req`, or `None` when it has none.

@@ -92,6 +92,9 @@ struct Config<B> {
     missing: MissingKey,
     on_error: OnBackendError,
     headers: Headers,
+    /// When the missing peer address was last logged (seconds since the first such request,
+    /// plus one; 0: never).
+    no_peer_logged: std::sync::atomic::AtomicU64,
 }
 
 /// Builds a [`RateLimitLayer`]. From [`RateLimitLayer::builder`].
@@ -176,6 +179,7 @@ impl<B: Backend> RateLimitLayerBuilder<B> {
                 missing: self.missing,
                 on_error: self.on_error,
                 headers,
+                no_peer_logged: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -259,6 +263,9 @@ where
         }
         let key = match config.key.extract(&info) {
             Some(key) => key,
+            None if config.key.lacks_peer(&info) => {
+                return ResponseFuture::done(no_peer_address(&config.no_peer_logged));
+            }
             None => match &config.missing {
                 MissingKey::Reject(status) => {
                     return ResponseFuture::done(problem_response(
@@ -472,6 +479,38 @@ fn denied(headers: &Headers, d: &Decision) -> Response<Bytes> {
     r.headers_mut()
         .insert(http::header::RETRY_AFTER, http::HeaderValue::from(wait));
     r
+}
+
+/// A request whose peer or client IP key cannot be found because the server does not pass the
+/// peer address: a set-up error, answered 500 and logged (at most once a minute).
+#[cold]
+fn no_peer_address(last_logged: &std::sync::atomic::AtomicU64) -> Response<Bytes> {
+    use std::sync::atomic::Ordering;
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let now = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs()
+        + 1;
+    // Relaxed: a log throttle; a rare duplicate line is harmless.
+    let last = last_logged.load(Ordering::Relaxed);
+    if (last == 0 || now >= last + 60)
+        && last_logged
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::error!(
+            "tollgate: a peer-IP or client-IP key needs the connection's peer address, and the \
+             request carries none; answering 500. With axum, serve with \
+             `into_make_service_with_connect_info::<SocketAddr>()` and enable tollgate's `axum` \
+             feature (or insert `tollgate::http::PeerAddr` yourself); with hyper, insert \
+             `PeerAddr` per connection"
+        );
+    }
+    problem_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the server's rate limiter cannot see the peer address it keys on",
+    )
 }
 
 fn problem_response(status: StatusCode, detail: &str) -> Response<Bytes> {
