@@ -175,6 +175,11 @@ pub struct KeyedLimiter<K, S = KeyHasher> {
     overflow: TokenBucket<AnyClock>,
     keys: CachePadded<AtomicUsize>,
     idle_ttl: Duration,
+    /// Clock reading (plus one; 0: never) at the end of the last full pass ([`evict_idle`]):
+    /// while passes keep coming, from a background evictor, new keys leave sweeps to them.
+    ///
+    /// [`evict_idle`]: KeyedLimiter::evict_idle
+    evicted_at: AtomicU64,
     /// Decision counters, when asked for.
     counters: Option<Box<crate::stats::Counters>>,
 }
@@ -462,6 +467,7 @@ impl<K, S> KeyedLimiterBuilder<K, S> {
             at_capacity,
             keys: CachePadded::new(AtomicUsize::new(0)),
             idle_ttl,
+            evicted_at: AtomicU64::new(0),
             counters: self.stats.then(|| Box::new(crate::stats::Counters::new())),
         }
     }
@@ -781,6 +787,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         // Claimed by one caller (the others see `usize::MAX` until the sweep sets the next
         // mark), so a flood of new keys does not sweep one shard many times at once.
         if len >= due
+            && !self.swept_in_background(now)
             && shard
                 .next_sweep
                 .compare_exchange(due, usize::MAX, Ordering::Relaxed, Ordering::Relaxed)
@@ -1062,10 +1069,42 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     /// ```
     pub fn evict_idle(&self) -> usize {
         let now = self.clock.now();
-        self.shards
+        let removed = self
+            .shards
             .iter()
             .map(|shard| self.sweep(shard, &shard.map.pin(), now))
-            .sum()
+            .sum();
+        // Relaxed: pacing only (see `swept_in_background`).
+        self.evicted_at
+            .store(self.clock.now().saturating_add(1), Ordering::Relaxed);
+        removed
+    }
+
+    /// How often a background evictor should call [`evict_idle`](KeyedLimiter::evict_idle):
+    /// half the `idle_ttl`, between 10 ms and 10 s. The HTTP layer runs one at this period.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate::{KeyedLimiter, Limit};
+    /// let limiter: KeyedLimiter<u64> = KeyedLimiter::builder(Limit::per_second(5)?)
+    ///     .idle_ttl(Duration::from_secs(4))
+    ///     .build();
+    /// assert_eq!(limiter.eviction_period(), Duration::from_secs(2));
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn eviction_period(&self) -> Duration {
+        (self.idle_ttl / 2).clamp(Duration::from_millis(10), Duration::from_secs(10))
+    }
+
+    /// Whether full passes ([`evict_idle`](KeyedLimiter::evict_idle)) have come recently enough
+    /// (within two periods) that a new key need not sweep its shard on the request path: a
+    /// background evictor is keeping memory bounded. When the passes stop, sweeps on new keys
+    /// resume.
+    fn swept_in_background(&self, now: u64) -> bool {
+        // Relaxed: pacing only.
+        let at = self.evicted_at.load(Ordering::Relaxed);
+        let window = u64::try_from(self.eviction_period().as_nanos() * 2).unwrap_or(u64::MAX);
+        at != 0 && now.saturating_add(1).saturating_sub(at) <= window
     }
 
     /// What this limiter decided so far, when built with

@@ -42,6 +42,18 @@ pub trait Backend: Send + Sync + 'static {
     /// The limit most keys get: the layer renders its `RateLimit-Policy` once, at build; a
     /// decision made under another limit (a key's tier, a limit changed since) gets its own.
     fn limit(&self) -> &Limit;
+
+    /// How often the layer should call [`maintain`](Backend::maintain), off the request path,
+    /// on a thread it owns (which ends when the last clone of the layer and its services
+    /// drops); `None` (the default): no housekeeping.
+    fn maintenance_period(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Housekeeping off the request path: for the in-memory limiter, evicting idle keys, so
+    /// that memory returns after a flood of keys even when no request follows it, and no
+    /// request pays for a sweep. Called every [`maintenance_period`](Backend::maintenance_period).
+    fn maintain(&self) {}
 }
 
 impl<S> Backend for KeyedLimiter<Key, S>
@@ -59,6 +71,14 @@ where
     fn limit(&self) -> &Limit {
         KeyedLimiter::limit(self)
     }
+
+    fn maintenance_period(&self) -> Option<std::time::Duration> {
+        Some(self.eviction_period())
+    }
+
+    fn maintain(&self) {
+        self.evict_idle();
+    }
 }
 
 impl<B: Backend + ?Sized> Backend for Arc<B> {
@@ -72,5 +92,13 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
 
     fn limit(&self) -> &Limit {
         (**self).limit()
+    }
+
+    fn maintenance_period(&self) -> Option<std::time::Duration> {
+        (**self).maintenance_period()
+    }
+
+    fn maintain(&self) {
+        (**self).maintain()
     }
 }

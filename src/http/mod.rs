@@ -95,6 +95,51 @@ struct Config<B> {
     /// When the missing peer address was last logged (seconds since the first such request,
     /// plus one; 0: never).
     no_peer_logged: std::sync::atomic::AtomicU64,
+    /// The backend's housekeeping thread, stopped when the config drops.
+    maintenance: std::sync::OnceLock<Maintenance>,
+}
+
+/// Stops the layer's housekeeping thread when dropped.
+struct Maintenance {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::Thread,
+}
+
+impl Drop for Maintenance {
+    fn drop(&mut self) {
+        // Relaxed: the flag alone is the message; `unpark` wakes the thread to read it.
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.unpark();
+    }
+}
+
+/// Starts the housekeeping thread of `config`'s backend: every period it calls `maintain`
+/// while the config lives. It holds only a weak reference, and ends when the config drops
+/// (the last layer or service clone). `None` when the backend needs none, or the thread
+/// cannot be spawned (the limiter then sweeps on new keys, as without a layer).
+fn start_maintenance<B: Backend>(config: &Arc<Config<B>>) -> Option<Maintenance> {
+    let period = config.backend.maintenance_period()?;
+    let weak = Arc::downgrade(config);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let handle = std::thread::Builder::new()
+        .name("tollgate-evictor".into())
+        .spawn(move || loop {
+            std::thread::park_timeout(period);
+            // Relaxed: see `Maintenance::drop`.
+            if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            match weak.upgrade() {
+                Some(config) => config.backend.maintain(),
+                None => break,
+            }
+        })
+        .ok()?;
+    Some(Maintenance {
+        stop,
+        thread: handle.thread().clone(),
+    })
 }
 
 /// Builds a [`RateLimitLayer`]. From [`RateLimitLayer::builder`].
@@ -170,18 +215,21 @@ impl<B: Backend> RateLimitLayerBuilder<B> {
     /// [`PolicyNameError`] when the policy name is not printable ASCII.
     pub fn build(self) -> Result<RateLimitLayer<B>, PolicyNameError> {
         let headers = Headers::new(self.style, &self.policy, self.backend.limit())?;
-        Ok(RateLimitLayer {
-            config: Arc::new(Config {
-                backend: self.backend,
-                key: self.key,
-                cost: self.cost,
-                exempt: self.exempt,
-                missing: self.missing,
-                on_error: self.on_error,
-                headers,
-                no_peer_logged: std::sync::atomic::AtomicU64::new(0),
-            }),
-        })
+        let config = Arc::new(Config {
+            backend: self.backend,
+            key: self.key,
+            cost: self.cost,
+            exempt: self.exempt,
+            missing: self.missing,
+            on_error: self.on_error,
+            headers,
+            no_peer_logged: std::sync::atomic::AtomicU64::new(0),
+            maintenance: std::sync::OnceLock::new(),
+        });
+        if let Some(m) = start_maintenance(&config) {
+            let _ = config.maintenance.set(m);
+        }
+        Ok(RateLimitLayer { config })
     }
 }
 
