@@ -27,7 +27,7 @@ use axum::Router;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use tollgate::http::{Key, KeyExtractor, RateLimitLayer, TrustedProxies};
+use tollgate::http::{ForwardedHeader, Key, KeyExtractor, RateLimitLayer, TrustedProxies};
 use tollgate::{KeyedLimiter, Limit};
 
 /// What one child measured.
@@ -144,6 +144,7 @@ fn app(variant: Variant, scenario: Scenario) -> (Router, Box<dyn Fn() -> u64 + S
                 // The peer (loopback) is not a trusted proxy: forwarding headers are ignored.
                 Scenario::Spoof => KeyExtractor::client_ip(
                     TrustedProxies::from_cidrs(["10.0.0.0/8"]).expect("valid"),
+                    ForwardedHeader::XForwardedFor,
                 ),
                 _ => KeyExtractor::api_key(),
             };
@@ -268,6 +269,16 @@ fn child(
         .build()
         .expect("runtime");
     let (router, keys) = app(variant, scenario);
+    // The peer address for peer / client IP keys, as the `PeerAddr` docs show (this example
+    // builds without tollgate's `axum` feature, which would read `ConnectInfo` itself).
+    let router = router.layer(axum::middleware::map_request(
+        |axum::extract::ConnectInfo(remote): axum::extract::ConnectInfo<SocketAddr>,
+         mut req: axum::extract::Request| async move {
+            req.extensions_mut()
+                .insert(tollgate::http::PeerAddr(remote));
+            req
+        },
+    ));
     let listener = server_rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
@@ -383,6 +394,7 @@ fn run(
 ) -> Report {
     let me = std::env::current_exe().expect("own path");
     let out = std::process::Command::new(me)
+        .env("RUST_BACKTRACE", "0")
         .args([
             "--child",
             &format!("{variant:?}"),

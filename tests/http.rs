@@ -14,8 +14,8 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tollgate::http::{
-    Backend, HeaderStyle, Key, KeyExtractor, MissingKey, OnBackendError, PeerAddr, RateLimitLayer,
-    TrustedProxies, Verdict,
+    Backend, ForwardedHeader, HeaderStyle, Key, KeyExtractor, MissingKey, OnBackendError, PeerAddr,
+    RateLimitLayer, TrustedProxies, Verdict,
 };
 use tollgate::{KeyedLimiter, Limit, ManualClock};
 
@@ -272,7 +272,10 @@ async fn odd_header_bytes_never_panic() {
     let clock = ManualClock::new();
     let trusted = TrustedProxies::from_cidrs(["127.0.0.0/8"]).unwrap();
     let layer = RateLimitLayer::builder(limiter(&clock))
-        .key(KeyExtractor::client_ip(trusted))
+        .key(KeyExtractor::client_ip(
+            trusted,
+            ForwardedHeader::XForwardedFor,
+        ))
         .build()
         .unwrap();
     let addr = serve(api(layer)).await;
@@ -300,8 +303,10 @@ async fn odd_header_bytes_never_panic() {
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await.unwrap();
         let head = String::from_utf8_lossy(&response[..response.len().min(12)]).to_string();
+        // 401: a hop that is not an address, from the trusted peer, means no key.
         assert!(
             head.starts_with("HTTP/1.1 200")
+                || head.starts_with("HTTP/1.1 401")
                 || head.starts_with("HTTP/1.1 429")
                 || head.starts_with("HTTP/1.1 431"),
             "{head}"
@@ -316,7 +321,10 @@ async fn forged_forwarded_for_from_an_untrusted_peer_does_not_change_the_key() {
     // Only 10.0.0.0/8 is trusted; the test client connects from 127.0.0.1.
     let trusted = TrustedProxies::from_cidrs(["10.0.0.0/8"]).unwrap();
     let layer = RateLimitLayer::builder(limiter(&clock))
-        .key(KeyExtractor::client_ip(trusted))
+        .key(KeyExtractor::client_ip(
+            trusted,
+            ForwardedHeader::XForwardedFor,
+        ))
         .build()
         .unwrap();
     let addr = serve(api(layer)).await;
@@ -471,14 +479,15 @@ async fn policy_header_follows_the_keys_tier_and_live_limit_changes() {
     assert_eq!(policy("pro-a").await, pair("\"default\";q=100;w=10", "100"));
 }
 
-/// The client IP is found from the right across several header lines, through trusted proxies
-/// only, and `Forwarded` wins over `X-Forwarded-For`.
+/// The client IP is found from the right across several header lines of the named header,
+/// through trusted proxies only; the other forwarding header is ignored.
 #[test]
 fn client_ip_walks_hops_from_the_right_across_header_lines() {
     use tollgate::http::{PeerAddr, RequestInfo};
     let trusted = TrustedProxies::from_cidrs(["10.0.0.0/8"]).unwrap();
-    let extractor = KeyExtractor::client_ip(trusted);
-    let key_of = |headers: &[(&str, &str)]| {
+    let xff = KeyExtractor::client_ip(trusted.clone(), ForwardedHeader::XForwardedFor);
+    let fwd = KeyExtractor::client_ip(trusted, ForwardedHeader::Forwarded);
+    let key_with = |extractor: &KeyExtractor, headers: &[(&str, &str)]| {
         let mut req = Request::get("/").body(()).unwrap();
         for (k, v) in headers {
             req.headers_mut().append(
@@ -490,6 +499,7 @@ fn client_ip_walks_hops_from_the_right_across_header_lines() {
             .insert(PeerAddr("10.0.0.1:443".parse().unwrap()));
         extractor.extract(&RequestInfo::new(&req, None))
     };
+    let key_of = |headers: &[(&str, &str)]| key_with(&xff, headers);
     let ip = |s: &str| Some(Key::Ip(s.parse().unwrap()));
     // Last line, last hop first: 10.0.0.3 is trusted, 7.7.7.7 is the client; 1.1.1.1 (forged
     // by the client) is never reached.
@@ -512,7 +522,24 @@ fn client_ip_walks_hops_from_the_right_across_header_lines() {
             ("x-forwarded-for", "9.9.9.9"),
             ("forwarded", "for=8.8.8.8;proto=https")
         ]),
-        ip("8.8.8.8")
+        ip("9.9.9.9"),
+        "a client-sent Forwarded is ignored behind a proxy that writes X-Forwarded-For"
+    );
+    assert_eq!(
+        key_with(
+            &fwd,
+            &[
+                ("x-forwarded-for", "9.9.9.9"),
+                ("forwarded", "for=8.8.8.8;proto=https")
+            ]
+        ),
+        ip("8.8.8.8"),
+        "and the other way round"
+    );
+    assert_eq!(
+        key_with(&fwd, &[("forwarded", "proto=http")]),
+        None,
+        "a Forwarded element without for= does not pick the proxy's bucket"
     );
     // Only trusted hops: the leftmost one.
     assert_eq!(
@@ -544,4 +571,94 @@ async fn peer_ip_without_the_peer_address_is_a_loud_500() {
     let got = send(&c, req).await;
     assert_eq!(got.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(String::from_utf8_lossy(&got.body).contains("peer address"));
+}
+
+/// Issue 19, item 1, over a real socket: behind a trusted proxy that appends the client to
+/// `X-Forwarded-For` (the test client plays it, from 127.0.0.1), a client that sends its own
+/// `Forwarded: for=<any address>` cannot pick its key: a fresh address per request does not
+/// escape the limit.
+#[tokio::test]
+async fn a_client_sent_forwarded_header_does_not_choose_the_key() {
+    let clock = ManualClock::new();
+    let trusted = TrustedProxies::from_cidrs(["127.0.0.0/8"]).unwrap();
+    let layer = RateLimitLayer::builder(limiter(&clock))
+        .key(KeyExtractor::client_ip(
+            trusted,
+            ForwardedHeader::XForwardedFor,
+        ))
+        .build()
+        .unwrap();
+    let addr = serve(api(layer)).await;
+    let c = client();
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let forged = format!("for=198.51.100.{i}");
+        let got = send(
+            &c,
+            get_with(
+                addr,
+                "/api",
+                &[("forwarded", &forged), ("x-forwarded-for", "203.0.113.5")],
+            ),
+        )
+        .await;
+        statuses.push(got.status.as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 429],
+        "all four count against 203.0.113.5"
+    );
+}
+
+/// Issue 19, item 6: layers stacked by the user (a per-key layer inside a global one) append
+/// their members; the inner layer's 429 carries both policies, as one Structured Fields list.
+#[tokio::test]
+async fn stacked_layers_keep_each_others_members() {
+    let clock = ManualClock::new();
+    let per_key = RateLimitLayer::builder(limiter(&clock))
+        .key(KeyExtractor::api_key())
+        .policy_name("per-key")
+        .build()
+        .unwrap();
+    let global: KeyedLimiter<Key> = KeyedLimiter::builder(Limit::per_second(100).unwrap())
+        .clock(clock.clone())
+        .build();
+    let global = RateLimitLayer::builder(global)
+        .policy_name("global")
+        .build()
+        .unwrap();
+    // `api` puts the per-key layer on the routes; the global one wraps the whole router.
+    let addr = serve(api(per_key).layer(global)).await;
+    let c = client();
+    let mut last = None;
+    for _ in 0..4 {
+        last = Some(send(&c, get_with(addr, "/api", &[("x-api-key", "k")])).await);
+    }
+    let got = last.unwrap();
+    assert_eq!(got.status, StatusCode::TOO_MANY_REQUESTS);
+    for name in ["ratelimit", "ratelimit-policy"] {
+        let lines: Vec<&str> = got
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        let combined = lines.join(", ");
+        let list = sfv::Parser::parse_list(combined.as_bytes())
+            .unwrap_or_else(|e| panic!("{name}: {combined:?}: {e}"));
+        let names: Vec<String> = list
+            .iter()
+            .map(|m| match m {
+                sfv::ListEntry::Item(item) => format!("{:?}", item.bare_item),
+                other => panic!("{name}: {other:?}"),
+            })
+            .collect();
+        assert_eq!(names.len(), 2, "{name}: {combined}");
+        assert!(
+            names[0].contains("per-key") && names[1].contains("global"),
+            "{names:?}"
+        );
+    }
+    assert!(got.header("retry-after").is_some());
 }

@@ -104,6 +104,12 @@ impl Headers {
     /// Adds the rate-limit headers for `decision` to `headers`.
     /// A degraded decision (made by a backend's failure policy, not from the store) gets none:
     /// its numbers describe no bucket.
+    ///
+    /// `RateLimit` and `RateLimit-Policy` are Structured Fields lists, one member per policy:
+    /// this layer's member is appended (as a field line of its own, which recipients combine
+    /// into one list), so layers stacked by the user keep each other's members, the innermost
+    /// first (SPEC §5; give stacked layers distinct policy names). The legacy `X-RateLimit-*`
+    /// fields hold one value: the innermost layer's stays.
     pub(crate) fn apply(&self, decision: &Decision, headers: &mut HeaderMap) {
         if self.style == HeaderStyle::None || decision.is_degraded() {
             return;
@@ -111,13 +117,13 @@ impl Headers {
         let mut value = String::with_capacity(self.name.len() + 32);
         let t = ceil_secs(decision.next_refill_after());
         let _ = write!(value, "{};r={};t={t}", self.name, decision.remaining());
-        headers.insert(
+        headers.append(
             RATELIMIT,
             HeaderValue::try_from(value).expect("ASCII by construction"),
         );
         // The decision's own limit: a key's tier, or a limit changed since the layer was built.
         let rate = decision.rate();
-        headers.insert(
+        headers.append(
             RATELIMIT_POLICY,
             if *rate == self.rate {
                 self.policy.clone()
@@ -125,7 +131,7 @@ impl Headers {
                 policy_value(&self.name, rate)
             },
         );
-        if self.style == HeaderStyle::IetfAndLegacy {
+        if self.style == HeaderStyle::IetfAndLegacy && !headers.contains_key(X_LIMIT) {
             headers.insert(X_LIMIT, HeaderValue::from(decision.limit()));
             headers.insert(X_REMAINING, HeaderValue::from(decision.remaining()));
             headers.insert(
@@ -177,6 +183,41 @@ pub(crate) fn problem(status: StatusCode, detail: &str) -> (HeaderValue, bytes::
 mod tests {
     use super::*;
 
+    /// Stacked layers: each appends its own member; the legacy fields keep the innermost's.
+    #[test]
+    fn stacked_policies_append_their_members() {
+        let limit = Limit::new(4, 1, Duration::from_secs(1)).unwrap();
+        let wide = Limit::new(100, 10, Duration::from_secs(1)).unwrap();
+        let (inner, outer) = (
+            crate::TokenBucket::with_clock(limit, crate::ManualClock::new()),
+            crate::TokenBucket::with_clock(wide, crate::ManualClock::new()),
+        );
+        let mut map = HeaderMap::new();
+        Headers::new(HeaderStyle::IetfAndLegacy, "per-key", &limit)
+            .unwrap()
+            .apply(&inner.check(), &mut map);
+        Headers::new(HeaderStyle::IetfAndLegacy, "global", &wide)
+            .unwrap()
+            .apply(&outer.check(), &mut map);
+        let all = |name| {
+            map.get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        assert_eq!(all(RATELIMIT), "\"per-key\";r=3;t=1, \"global\";r=99;t=1");
+        assert_eq!(
+            all(RATELIMIT_POLICY),
+            "\"per-key\";q=4;w=4, \"global\";q=100;w=10"
+        );
+        assert_eq!(
+            all(X_LIMIT),
+            "4",
+            "the innermost layer's legacy fields stay"
+        );
+    }
+
     #[test]
     fn sf_strings_escape_and_reject() {
         assert_eq!(sf_string("default").unwrap(), "\"default\"");
@@ -195,6 +236,7 @@ mod tests {
         assert_eq!(map[RATELIMIT], "\"p\";r=4;t=0");
         assert_eq!(map[RATELIMIT_POLICY], "\"p\";q=4;w=6");
         assert_eq!(map[X_RESET], "0");
+        let mut map = HeaderMap::new();
         h.apply(&bucket.try_acquire(3).unwrap(), &mut map);
         assert_eq!(map[RATELIMIT], "\"p\";r=1;t=2");
         assert_eq!(map[X_REMAINING], "1");

@@ -270,6 +270,13 @@ impl TrustedProxies {
             if prefix > max {
                 return Err(bad());
             }
+            // A network written IPv4-mapped (`::ffff:10.0.0.0/104`) is the IPv4 network
+            // (10.0.0.0/8), as addresses are compared in their canonical form. A mapped network
+            // shorter than /96 also covers non-mapped IPv6: it stays IPv6.
+            let (addr, prefix) = match canonical(addr) {
+                IpAddr::V4(v4) if addr.is_ipv6() && prefix >= 96 => (IpAddr::V4(v4), prefix - 96),
+                _ => (addr, prefix),
+            };
             nets.push((mask(addr, prefix), prefix));
         }
         Ok(TrustedProxies { nets })
@@ -312,16 +319,48 @@ fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
     }
 }
 
+/// The IPv6 prefix peer and client IP keys use by default: one bucket per /64.
+const DEFAULT_V6_PREFIX: u8 = 64;
+
 /// At most this many forwarding hops are examined (a bound on work for huge headers).
 const MAX_HOPS: usize = 32;
 
 type KeyFn = dyn Fn(&RequestInfo<'_>) -> Option<Key> + Send + Sync;
 
+/// The one forwarding header a deployment's proxies write, for
+/// [`KeyExtractor::client_ip`]. Name the header your proxy (nginx, HAProxy, a cloud load
+/// balancer, Envoy...) appends the client to; every other forwarding header is ignored, since a
+/// client can send any header it likes and most proxies pass the others through untouched.
+///
+/// ```
+/// use tollgate::http::ForwardedHeader;
+/// assert_eq!(ForwardedHeader::XForwardedFor.name(), "x-forwarded-for");
+/// assert_eq!(ForwardedHeader::Forwarded.name(), "forwarded");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2` (what nginx, HAProxy, AWS ALB, Envoy and
+    /// Cloudflare append to).
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1` (its `for=` parameters).
+    Forwarded,
+}
+
+impl ForwardedHeader {
+    /// The header's name, lowercase.
+    pub fn name(self) -> &'static str {
+        match self {
+            ForwardedHeader::XForwardedFor => "x-forwarded-for",
+            ForwardedHeader::Forwarded => "forwarded",
+        }
+    }
+}
+
 #[derive(Clone)]
 enum Kind {
     Global,
     Peer,
-    Client(Arc<TrustedProxies>),
+    Client(Arc<TrustedProxies>, ForwardedHeader),
     Header(HeaderName),
     Bearer,
     Fn(Arc<KeyFn>),
@@ -347,7 +386,7 @@ impl fmt::Debug for KeyExtractor {
         let kind = match &self.kind {
             Kind::Global => "global".to_string(),
             Kind::Peer => "peer ip".to_string(),
-            Kind::Client(t) => format!("client ip behind {t:?}"),
+            Kind::Client(t, h) => format!("client ip from {} behind {t:?}", h.name()),
             Kind::Header(h) => format!("header {h}"),
             Kind::Bearer => "bearer token".to_string(),
             Kind::Fn(_) => "closure".to_string(),
@@ -363,7 +402,7 @@ impl KeyExtractor {
     fn of(kind: Kind) -> KeyExtractor {
         KeyExtractor {
             kind,
-            v6_prefix: 128,
+            v6_prefix: DEFAULT_V6_PREFIX,
         }
     }
 
@@ -377,18 +416,41 @@ impl KeyExtractor {
         KeyExtractor::of(Kind::Peer)
     }
 
-    /// The client IP behind trusted proxies. When the peer is a trusted proxy, the forwarding
-    /// header (`Forwarded`'s `for=`, else `X-Forwarded-For`) is walked from the right, skipping
-    /// trusted proxies; the first untrusted address is the client. The leftmost values, which a
-    /// client can forge, are never believed over a trusted proxy's report. A peer that is not
-    /// trusted is the client, whatever its headers say. An unparsable hop stops the walk at the
-    /// trusted proxy that reported it.
-    pub fn client_ip(trusted: TrustedProxies) -> KeyExtractor {
-        KeyExtractor::of(Kind::Client(Arc::new(trusted)))
+    /// The client IP behind trusted proxies, from the one forwarding `header` they write (SPEC
+    /// §5). A peer that is not a trusted proxy is the client, whatever its headers say. When the
+    /// peer is trusted, `header` (every line of it) is walked from the right, skipping trusted
+    /// proxies; the first untrusted address is the client. The leftmost values, which a client
+    /// can forge, are never believed over a trusted proxy's report, and no other forwarding
+    /// header is read: a client-sent `Forwarded` does nothing behind a proxy that appends to
+    /// `X-Forwarded-For`. With the header absent, or every hop trusted, the key is the last
+    /// trusted hop (the proxy itself sent the request). A hop that is not an address (garbage,
+    /// an obfuscated or `unknown` node, a `Forwarded` element without `for=`) reached through
+    /// trusted proxies means the key is missing ([`MissingKey`](crate::http::MissingKey)):
+    /// never a bucket the client chose, and never the proxy's bucket, which header-less
+    /// requests share.
+    ///
+    /// ```
+    /// use tollgate::http::{ForwardedHeader, Key, KeyExtractor, PeerAddr, RequestInfo, TrustedProxies};
+    /// let trusted = TrustedProxies::from_cidrs(["10.0.0.0/8"])?;
+    /// let extractor = KeyExtractor::client_ip(trusted, ForwardedHeader::XForwardedFor);
+    /// let mut req = http::Request::get("/")
+    ///     .header("x-forwarded-for", "198.51.100.7, 10.0.0.2")
+    ///     .header("forwarded", "for=192.0.2.66") // sent by the client: ignored
+    ///     .body(())
+    ///     .unwrap();
+    /// req.extensions_mut().insert(PeerAddr("10.0.0.1:443".parse().unwrap()));
+    /// let key = extractor.extract(&RequestInfo::new(&req, None));
+    /// assert_eq!(key, Some(Key::Ip("198.51.100.7".parse().unwrap())));
+    /// # Ok::<(), tollgate::http::CidrError>(())
+    /// ```
+    pub fn client_ip(trusted: TrustedProxies, header: ForwardedHeader) -> KeyExtractor {
+        KeyExtractor::of(Kind::Client(Arc::new(trusted), header))
     }
 
-    /// Group IPv6 clients by their first `prefix` bits (64: one bucket per /64, what one
-    /// customer usually holds). Default: 128 (each address alone). IPv4 is unaffected.
+    /// Group IPv6 clients by their first `prefix` bits. Default: 64, one bucket per /64 (what
+    /// one customer usually holds, and what any host on it can rotate through: a client with a
+    /// /64 would otherwise get a fresh bucket per address). 128 keys each address alone. IPv4
+    /// is unaffected.
     pub fn ipv6_prefix(mut self, prefix: u8) -> KeyExtractor {
         self.v6_prefix = prefix.min(128);
         self
@@ -431,7 +493,7 @@ impl KeyExtractor {
     /// and `req` does not carry it: a server set-up error (see [`RequestInfo::peer_addr`]),
     /// which the layer reports loudly instead of treating every request as keyless.
     pub(crate) fn lacks_peer(&self, req: &RequestInfo<'_>) -> bool {
-        matches!(self.kind, Kind::Peer | Kind::Client(_)) && req.peer_addr().is_none()
+        matches!(self.kind, Kind::Peer | Kind::Client(..)) && req.peer_addr().is_none()
     }
 
     /// The key of `req`, or `None` when it has none.
@@ -439,7 +501,7 @@ impl KeyExtractor {
         match &self.kind {
             Kind::Global => Some(Key::Global),
             Kind::Peer => Some(self.ip_key(req.peer_addr()?.ip())),
-            Kind::Client(trusted) => Some(self.ip_key(client_ip(req, trusted)?)),
+            Kind::Client(trusted, header) => Some(self.ip_key(client_ip(req, trusted, *header)?)),
             Kind::Header(name) => {
                 let value = req.headers.get(name)?;
                 (!value.is_empty()).then(|| Key::Header(value.clone()))
@@ -466,17 +528,17 @@ fn split_scheme(value: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 /// The client address behind trusted proxies (see [`KeyExtractor::client_ip`]).
-fn client_ip(req: &RequestInfo<'_>, trusted: &TrustedProxies) -> Option<IpAddr> {
+fn client_ip(
+    req: &RequestInfo<'_>,
+    trusted: &TrustedProxies,
+    header: ForwardedHeader,
+) -> Option<IpAddr> {
     let mut current = canonical(req.peer_addr()?.ip());
     if !trusted.contains(current) {
         return Some(current);
     }
-    let using_forwarded = req.headers.contains_key(http::header::FORWARDED);
-    let name = if using_forwarded {
-        http::header::FORWARDED
-    } else {
-        http::HeaderName::from_static("x-forwarded-for")
-    };
+    let using_forwarded = header == ForwardedHeader::Forwarded;
+    let name = http::HeaderName::from_static(header.name());
     // From the right (the hop nearest to us), lazily: at most MAX_HOPS hops are split off,
     // however long the header.
     let hops = req
@@ -484,17 +546,18 @@ fn client_ip(req: &RequestInfo<'_>, trusted: &TrustedProxies) -> Option<IpAddr> 
         .get_all(name)
         .iter()
         .rev()
-        .flat_map(|v| v.as_bytes().rsplit(|&b| b == b','));
+        .flat_map(|v| v.as_bytes().rsplit(|&b| b == b','))
+        // Empty list elements are ignored (RFC 9110 §5.6.1).
+        .filter(|hop| !hop.trim_ascii().is_empty());
     for hop in hops.take(MAX_HOPS) {
         let parsed = if using_forwarded {
             forwarded_for(hop).and_then(parse_hop)
         } else {
             parse_hop(hop)
         };
-        let Some(ip) = parsed else {
-            // Garbage reported by a trusted proxy's client side: stop at that proxy.
-            return Some(current);
-        };
+        // Not an address, reached through trusted proxies: the key is missing (never the
+        // trusted proxy's own bucket, which a client could otherwise pick by sending garbage).
+        let ip = parsed?;
         let ip = canonical(ip);
         if !trusted.contains(ip) {
             return Some(ip);
@@ -547,10 +610,16 @@ mod tests {
         req
     }
 
+    /// The key behind 10.0.0.0/8, from `X-Forwarded-For` (or `Forwarded` when a header
+    /// named so is given first).
     fn client(peer: &str, headers: &[(&str, &[u8])]) -> Option<Key> {
         let trusted = TrustedProxies::from_cidrs(["10.0.0.0/8"]).unwrap();
         let req = req_from(peer, headers);
-        KeyExtractor::client_ip(trusted).extract(&RequestInfo::new(&req, None))
+        let header = match headers.first() {
+            Some(("forwarded", _)) => ForwardedHeader::Forwarded,
+            _ => ForwardedHeader::XForwardedFor,
+        };
+        KeyExtractor::client_ip(trusted, header).extract(&RequestInfo::new(&req, None))
     }
 
     fn ip(s: &str) -> Option<Key> {
@@ -573,10 +642,20 @@ mod tests {
             "forwarded",
             b"for=6.6.6.6, for=\"[2001:db8::1]:443\";proto=https",
         )];
-        assert_eq!(client("10.0.0.1", h), ip("2001:db8::1"));
-        // Garbage right of the client stops at the proxy that reported it.
+        assert_eq!(
+            client("10.0.0.1", h),
+            ip("2001:db8::"),
+            "its /64 (the default)"
+        );
+        // Garbage reached through trusted proxies: the key is missing (not the proxy's).
         let h: &[(&str, &[u8])] = &[("x-forwarded-for", b"6.6.6.6, not-an-ip")];
-        assert_eq!(client("10.0.0.1", h), ip("10.0.0.1"));
+        assert_eq!(client("10.0.0.1", h), None);
+        let h: &[(&str, &[u8])] = &[("forwarded", b"proto=http")];
+        assert_eq!(
+            client("10.0.0.1", h),
+            None,
+            "no for=: missing, not the proxy"
+        );
         // All trusted: the leftmost.
         let h: &[(&str, &[u8])] = &[("x-forwarded-for", b"10.9.9.9, 10.0.0.2")];
         assert_eq!(client("10.0.0.1", h), ip("10.9.9.9"));
@@ -603,10 +682,17 @@ mod tests {
     #[test]
     fn ipv6_grouped_by_prefix() {
         let req = req_from("[2001:db8:1:2:3:4:5:6]", &[]);
-        let key = KeyExtractor::peer_ip()
-            .ipv6_prefix(64)
-            .extract(&RequestInfo::new(&req, None));
-        assert_eq!(key, ip("2001:db8:1:2::"));
+        let info = RequestInfo::new(&req, None);
+        // Default: one bucket per /64.
+        assert_eq!(KeyExtractor::peer_ip().extract(&info), ip("2001:db8:1:2::"));
+        assert_eq!(
+            KeyExtractor::peer_ip().ipv6_prefix(48).extract(&info),
+            ip("2001:db8:1::")
+        );
+        assert_eq!(
+            KeyExtractor::peer_ip().ipv6_prefix(128).extract(&info),
+            ip("2001:db8:1:2:3:4:5:6")
+        );
     }
 
     #[test]
@@ -630,5 +716,13 @@ mod tests {
         );
         let t = TrustedProxies::from_cidrs(["::ffff:10.0.0.0/104", "10.0.0.0/8"]).unwrap();
         assert!(t.contains("::ffff:10.1.1.1".parse().unwrap()));
+        // A network written IPv4-mapped matches IPv4 peers, and only its own addresses.
+        let mapped = TrustedProxies::from_cidrs(["::ffff:10.0.0.0/104"]).unwrap();
+        assert!(mapped.contains("10.1.1.1".parse().unwrap()));
+        assert!(mapped.contains("::ffff:10.1.1.1".parse().unwrap()));
+        assert!(!mapped.contains("11.0.0.1".parse().unwrap()));
+        let all_v4 = TrustedProxies::from_cidrs(["::ffff:0.0.0.0/96"]).unwrap();
+        assert!(all_v4.contains("192.0.2.1".parse().unwrap()));
+        assert!(!all_v4.contains("2001:db8::1".parse().unwrap()));
     }
 }

@@ -49,7 +49,9 @@ use tower_service::Service;
 pub use backend::{Backend, Verdict};
 pub use body::ResponseBody;
 pub use headers::{HeaderStyle, PolicyNameError};
-pub use key::{CidrError, Key, KeyExtractor, PeerAddr, RequestInfo, TrustedProxies};
+pub use key::{
+    CidrError, ForwardedHeader, Key, KeyExtractor, PeerAddr, RequestInfo, TrustedProxies,
+};
 
 use headers::Headers;
 

@@ -171,7 +171,7 @@ fn try_http_input(u: &mut Unstructured<'_>) -> Result<()> {
 
     use http::header::{HeaderName, HeaderValue};
     use tollgate::http::{
-        HeaderStyle, Key, KeyExtractor, PeerAddr, RateLimitLayer, TrustedProxies,
+        ForwardedHeader, HeaderStyle, Key, KeyExtractor, PeerAddr, RateLimitLayer, TrustedProxies,
     };
     use tollgate::{KeyedLimiter, Limit, ManualClock};
     use tower::{Layer, Service, ServiceExt};
@@ -206,7 +206,8 @@ fn try_http_input(u: &mut Unstructured<'_>) -> Result<()> {
         KeyExtractor::global(),
         KeyExtractor::peer_ip(),
         KeyExtractor::peer_ip().ipv6_prefix(u.arbitrary()?),
-        KeyExtractor::client_ip(trusted).ipv6_prefix(64),
+        KeyExtractor::client_ip(trusted.clone(), ForwardedHeader::XForwardedFor),
+        KeyExtractor::client_ip(trusted, ForwardedHeader::Forwarded).ipv6_prefix(128),
         KeyExtractor::api_key(),
         KeyExtractor::bearer(),
         KeyExtractor::header(HeaderName::from_static("x-user")),
