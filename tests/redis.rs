@@ -539,3 +539,39 @@ async fn http_keys_of_different_kinds_are_different_buckets() {
         assert!(d.is_denied(), "{key:?} spent its one token");
     }
 }
+
+/// Issue 19, item 8: a limit whose bucket takes centuries to fill (2^32 tokens, one a day) runs:
+/// taking every token is allowed, answered without a script error (before: `PEXPIRE` of ~3.7e17
+/// ms failed after `HSET`, tokens spent and an error returned), the key keeps no expiry, and the
+/// next call is a denial.
+#[tokio::test]
+async fn a_bucket_that_takes_centuries_to_fill_has_no_expiry_and_no_error() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let mut con = raw(&server).await;
+    let limit = Limit::new(1 << 32, 1, Duration::from_secs(86_400)).unwrap();
+    let redis = RedisLimiter::new(&server.url(), limit, "huge:")
+        .await
+        .unwrap();
+    let d = redis.try_acquire(b"k", 1 << 32).await.unwrap();
+    assert!(d.is_allowed());
+    assert_eq!(d.remaining(), 0);
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("huge:{k}")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(pttl, -1, "the key exists with no expiry");
+    assert!(redis.try_acquire(b"k", 1).await.unwrap().is_denied());
+    // A bucket that fills within the bound still expires when it is full again.
+    let day = Limit::new(1 << 20, 1 << 20, Duration::from_secs(86_400)).unwrap();
+    let redis = RedisLimiter::new(&server.url(), day, "day:").await.unwrap();
+    assert!(redis.try_acquire(b"k", 5).await.unwrap().is_allowed());
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("day:{k}")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!((1..=86_400_000).contains(&pttl), "pttl {pttl}");
+}

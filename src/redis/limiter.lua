@@ -13,9 +13,20 @@
 --
 -- The state is a hash {t = tokens, m = refill mark (a step index)}. Steps count from the Unix
 -- epoch, so every process shares one epoch. Every number stays below 2^53 (Lua numbers are
--- doubles): now < 2^52 microseconds (until year 2112), k <= now, tokens <= C + C + q.
+-- doubles): now < 2^52 microseconds (until year 2112), k <= now, tokens <= C + C + q, and an
+-- expiry is computed exactly only when it is under 2^50 microseconds (35 years) away, so the
+-- start of the step it waits for stays below 2^52 + 2^50.
+--
+-- Every command that can fail runs before the first write: a script error never leaves tokens
+-- spent.
 --
 -- Returns {allowed (0/1), tokens after, mark after, now}.
+
+-- TIME followed by a write needs effects replication before Redis 5 (since 5 it is the only
+-- mode, and from 7 this call is a no-op).
+if redis.replicate_commands then
+  redis.replicate_commands()
+end
 
 local C = tonumber(ARGV[1])
 local q = tonumber(ARGV[2])
@@ -83,16 +94,31 @@ if n <= tokens then
   allowed = 1
 end
 
--- Write only a change (a denial within a recorded step writes nothing). The key expires
--- when the bucket would be full again: a full bucket and a missing one are the same.
+-- The key expires when the bucket would be full again: a full bucket and a missing one are the
+-- same. Computed before any write. A bucket that takes 35 years or more to fill (a huge
+-- capacity with a slow refill) gets no expiry: the key stays, which costs memory, never an
+-- early reset (an expiry too early would refill the bucket ahead of time).
+local ttl_ms = nil
+if tokens < C and not explicit then
+  local steps_to_full = idiv(C - tokens + q - 1, q)
+  -- In doubles, approximately: enough to tell whether the exact value stays small.
+  if steps_to_full * (b / a) < 1125899906842624 then -- 2^50 microseconds
+    local full_in = wait_until(mark + steps_to_full)
+    ttl_ms = math.max(1, idiv(full_in + 999, 1000))
+  end
+end
+
+-- Write only a change (a denial within a recorded step writes nothing).
 if tokens ~= old_tokens or mark ~= old_mark or not state[1] then
   if tokens >= C then
     redis.call('DEL', KEYS[1])
   else
     redis.call('HSET', KEYS[1], 't', tokens, 'm', mark)
-    if not explicit then
-      local full_in = wait_until(mark + idiv(C - tokens + q - 1, q))
-      redis.call('PEXPIRE', KEYS[1], math.max(1, idiv(full_in + 999, 1000)))
+    if ttl_ms then
+      redis.call('PEXPIRE', KEYS[1], ttl_ms)
+    elseif not explicit then
+      -- No expiry, and none left from an earlier, shorter one.
+      redis.call('PERSIST', KEYS[1])
     end
   end
 end
