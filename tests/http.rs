@@ -218,7 +218,9 @@ async fn exempt_routes_and_costs() {
     assert_eq!(got.header("ratelimit"), Some("\"default\";r=1;t=1"));
     let got = send(&c, upload(4)).await;
     assert_eq!(got.status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(got.header("retry-after"), Some("3"));
+    // No wait makes it pass: no Retry-After, and the body says so (issue 19).
+    assert_eq!(got.header("retry-after"), None);
+    assert!(String::from_utf8_lossy(&got.body).contains("never"));
     assert_eq!(got.header("ratelimit"), Some("\"default\";r=1;t=1"));
     // Nothing was consumed by the impossible request.
     let got = send(&c, upload(1)).await;
@@ -238,6 +240,11 @@ async fn missing_key_gets_the_configured_answer() {
     let got = send(&c, get_with(addr, "/api", &[])).await;
     assert_eq!(got.status, StatusCode::UNAUTHORIZED);
     assert_eq!(got.header("content-type"), Some("application/problem+json"));
+    assert_eq!(
+        got.header("www-authenticate"),
+        Some("Bearer"),
+        "RFC 9110: a challenge"
+    );
     let got = send(&c, get_with(addr, "/api", &[("authorization", "Basic x")])).await;
     assert_eq!(got.status, StatusCode::UNAUTHORIZED);
     let got = send(
@@ -661,4 +668,28 @@ async fn stacked_layers_keep_each_others_members() {
         );
     }
     assert!(got.header("retry-after").is_some());
+}
+
+/// Issue 19, item 10: a key header sent twice is ambiguous (the app may authenticate the other
+/// line): no key, a 401 with its challenge, never a bucket of the client's choosing.
+#[tokio::test]
+async fn a_key_header_sent_twice_is_no_key() {
+    let clock = ManualClock::new();
+    let layer = RateLimitLayer::builder(limiter(&clock))
+        .key(KeyExtractor::api_key())
+        .build()
+        .unwrap();
+    let addr = serve(api(layer)).await;
+    let c = client();
+    let mut req = get_with(addr, "/api", &[("x-api-key", "alice")]);
+    req.headers_mut()
+        .append("x-api-key", http::HeaderValue::from_static("mallory"));
+    let got = send(&c, req).await;
+    assert_eq!(got.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        got.header("www-authenticate"),
+        Some("ApiKey header=\"x-api-key\"")
+    );
+    let got = send(&c, get_with(addr, "/api", &[("x-api-key", "alice")])).await;
+    assert_eq!(got.status, StatusCode::OK);
 }

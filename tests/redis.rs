@@ -575,3 +575,45 @@ async fn a_bucket_that_takes_centuries_to_fill_has_no_expiry_and_no_error() {
         .unwrap();
     assert!((1..=86_400_000).contains(&pttl), "pttl {pttl}");
 }
+
+/// Issue 19, item 5: through the HTTP layer, a Redis outage under `OnFailure::FailClosed` is a
+/// 503 with a short retry, never a 429 whose `Retry-After` comes from an imagined empty bucket
+/// (`per_hour(1)` sent clients away for an hour), and carries no quota headers.
+#[tokio::test]
+async fn a_fail_closed_outage_is_a_503_not_a_quota_verdict() {
+    use tollgate::http::{KeyExtractor, RateLimitLayer};
+    use tower::{Service, ServiceExt};
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let redis = RedisLimiter::builder(&server.url(), Limit::per_hour(1).unwrap(), "down:")
+        .timeout(Duration::from_millis(50))
+        .on_failure(OnFailure::FailClosed)
+        .connect()
+        .await
+        .unwrap();
+    let layer = RateLimitLayer::builder(redis)
+        .key(KeyExtractor::api_key())
+        .build()
+        .unwrap();
+    let mut svc = tower::Layer::layer(
+        &layer,
+        tower::service_fn(|_req: http::Request<String>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+        }),
+    );
+    let request = || {
+        http::Request::get("/api")
+            .header("x-api-key", "k")
+            .body(String::new())
+            .unwrap()
+    };
+    let ok = svc.ready().await.unwrap().call(request()).await.unwrap();
+    assert_eq!(ok.status(), http::StatusCode::OK);
+    server.signal("STOP");
+    let down = svc.ready().await.unwrap().call(request()).await.unwrap();
+    server.signal("CONT");
+    assert_eq!(down.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(down.headers()["retry-after"], "1");
+    assert!(down.headers().get("ratelimit").is_none());
+}

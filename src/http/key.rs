@@ -456,7 +456,11 @@ impl KeyExtractor {
         self
     }
 
-    /// A header's value, e.g. `x-api-key`. Missing or empty: no key.
+    /// A header's value, e.g. `x-api-key`. Missing, empty, or sent more than once (which line
+    /// would the app authenticate?): no key.
+    ///
+    /// Keys taken before authentication let a client rotate made-up keys to get fresh buckets:
+    /// put the layer after authentication, or stack a per-IP policy in front of it.
     pub fn header(name: HeaderName) -> KeyExtractor {
         KeyExtractor::of(Kind::Header(name))
     }
@@ -489,6 +493,18 @@ impl KeyExtractor {
         KeyExtractor::of(Kind::Fn(Arc::new(f)))
     }
 
+    /// The `WWW-Authenticate` challenge of a 401 for a request without this key (RFC 9110
+    /// §15.5.2): `Bearer` for bearer tokens, `ApiKey header="<name>"` for header keys, and
+    /// `RateLimitKey` otherwise.
+    pub(crate) fn challenge(&self) -> HeaderValue {
+        match &self.kind {
+            Kind::Bearer => HeaderValue::from_static("Bearer"),
+            Kind::Header(name) => HeaderValue::from_str(&format!("ApiKey header=\"{name}\""))
+                .unwrap_or(HeaderValue::from_static("ApiKey")),
+            _ => HeaderValue::from_static("RateLimitKey"),
+        }
+    }
+
     /// Whether this extractor needs the connection's peer address (peer and client IP keys),
     /// and `req` does not carry it: a server set-up error (see [`RequestInfo::peer_addr`]),
     /// which the layer reports loudly instead of treating every request as keyless.
@@ -503,10 +519,10 @@ impl KeyExtractor {
             Kind::Peer => Some(self.ip_key(req.peer_addr()?.ip())),
             Kind::Client(trusted, header) => Some(self.ip_key(client_ip(req, trusted, *header)?)),
             Kind::Header(name) => {
-                let value = req.headers.get(name)?;
+                let value = only(req.headers, name)?;
                 (!value.is_empty()).then(|| Key::Header(value.clone()))
             }
-            Kind::Bearer => Key::bearer(req.headers.get(AUTHORIZATION)?),
+            Kind::Bearer => Key::bearer(only(req.headers, &AUTHORIZATION)?),
             Kind::Fn(f) => f(req),
         }
     }
@@ -517,6 +533,14 @@ impl KeyExtractor {
             ip => Key::Ip(ip),
         }
     }
+}
+
+/// The one value of header `name`; `None` when it is missing or sent more than once (an app may
+/// authenticate a different line than the limiter would key on: ambiguity is no key).
+fn only<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    values.next().is_none().then_some(first)
 }
 
 /// `scheme SP+ token`, trimmed.

@@ -318,10 +318,15 @@ where
             }
             None => match &config.missing {
                 MissingKey::Reject(status) => {
-                    return ResponseFuture::done(problem_response(
-                        *status,
-                        "the request carries no usable rate-limit key",
-                    ))
+                    let mut response =
+                        problem_response(*status, "the request carries no usable rate-limit key");
+                    if *status == StatusCode::UNAUTHORIZED {
+                        // RFC 9110 §15.5.2: a 401 carries a challenge.
+                        response
+                            .headers_mut()
+                            .insert(http::header::WWW_AUTHENTICATE, config.key.challenge());
+                    }
+                    return ResponseFuture::done(response);
                 }
                 MissingKey::Fallback(key) => key.clone(),
             },
@@ -438,6 +443,9 @@ where
                             call: inner.call(req),
                             decision: Some(d),
                         },
+                        Ok(Ok(d)) if d.is_degraded() => State::Done {
+                            response: Some(degraded_denial()),
+                        },
                         Ok(Ok(d)) => State::Done {
                             response: Some(denied(&config.headers, &d)),
                         },
@@ -476,20 +484,13 @@ where
                     let mut response = problem_response(
                         StatusCode::TOO_MANY_REQUESTS,
                         "the request costs more than the limit's capacity: it can never be \
-                         granted",
+                         granted, and retrying will not help",
                     );
-                    // Retry-After (SPEC §5: every 429 has one): the time to fill the key's
-                    // bucket, or the layer's limit's when the peek failed.
-                    let fill = match verdict {
-                        Ok(Ok(d)) => {
-                            config.headers.apply(&d, response.headers_mut());
-                            d.rate().time_to_fill()
-                        }
-                        _ => config.backend.limit().time_to_fill(),
-                    };
-                    response
-                        .headers_mut()
-                        .insert(http::header::RETRY_AFTER, headers::retry_after(fill));
+                    // No Retry-After: no wait makes this request pass (issue 19). The key's
+                    // bucket is described as for any decision.
+                    if let Ok(Ok(d)) = verdict {
+                        config.headers.apply(&d, response.headers_mut());
+                    }
                     this.state.set(State::Done {
                         response: Some(response),
                     });
@@ -516,6 +517,19 @@ where
             }
         }
     }
+}
+
+/// A denial the backend's failure policy made (Redis unreachable, `FailClosed`): not a quota
+/// verdict (SPEC §4), so not a 429 with a wait derived from an imagined empty bucket, but a 503
+/// with a short `Retry-After` of 1 s, and no rate-limit headers.
+fn degraded_denial() -> Response<Bytes> {
+    let mut r = problem_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the rate limiter is unavailable",
+    );
+    r.headers_mut()
+        .insert(http::header::RETRY_AFTER, http::HeaderValue::from(1));
+    r
 }
 
 /// A `429` for a denial: headers, `Retry-After`, problem body.
