@@ -148,6 +148,11 @@ fn policy_value(name: &str, rate: &Rate) -> HeaderValue {
     HeaderValue::try_from(format!("{name};q={q};w={w}")).expect("ASCII by construction")
 }
 
+/// `Retry-After` for a denial: whole seconds, rounded up, at least 1.
+pub(crate) fn retry_after(wait: Duration) -> HeaderValue {
+    HeaderValue::from(ceil_secs(wait).max(1))
+}
+
 /// An RFC 9457 problem body for `status` with a human `detail`.
 pub(crate) fn problem(status: StatusCode, detail: &str) -> (HeaderValue, bytes::Bytes) {
     let title = status.canonical_reason().unwrap_or("Error");

@@ -534,14 +534,16 @@ fn degraded_denial() -> Response<Bytes> {
 
 /// A `429` for a denial: headers, `Retry-After`, problem body.
 fn denied(headers: &Headers, d: &Decision) -> Response<Bytes> {
-    let wait = headers::ceil_secs(d.retry_after()).max(1);
+    let wait = headers::retry_after(d.retry_after());
     let mut r = problem_response(
         StatusCode::TOO_MANY_REQUESTS,
-        &format!("rate limit exceeded; retry after {wait} s"),
+        &format!(
+            "rate limit exceeded; retry after {} s",
+            wait.to_str().unwrap_or("1")
+        ),
     );
     headers.apply(d, r.headers_mut());
-    r.headers_mut()
-        .insert(http::header::RETRY_AFTER, http::HeaderValue::from(wait));
+    r.headers_mut().insert(http::header::RETRY_AFTER, wait);
     r
 }
 
