@@ -617,3 +617,68 @@ async fn a_fail_closed_outage_is_a_503_not_a_quota_verdict() {
     assert_eq!(down.headers()["retry-after"], "1");
     assert!(down.headers().get("ratelimit").is_none());
 }
+
+/// Issue 19, item 2: a server in cluster mode is refused at `connect` with a clear error
+/// (the client follows no MOVED redirect: keys on other nodes would fail, and under
+/// `FailOpen` go silently unlimited).
+#[tokio::test]
+async fn a_cluster_mode_server_is_refused_at_connect() {
+    let Some(single) = Server::start() else {
+        return;
+    };
+    drop(single);
+    // A free TCP port below 55535 (the cluster bus takes port + 10000).
+    let port = (0..50)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .find(|p| *p < 55_000)
+        .expect("a low free port");
+    let dir = std::env::temp_dir().join(format!("tollgate-cluster-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--cluster-enabled",
+            "yes",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--cluster-config-file")
+        .arg(dir.join("nodes.conf"))
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server (cluster) did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let got = RedisLimiter::builder(
+        &format!("redis://127.0.0.1:{port}/"),
+        Limit::per_second(5).unwrap(),
+        "c:",
+    )
+    .timeout(Duration::from_millis(500))
+    .connect()
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    match got {
+        Err(RedisLimitError::ClusterUnsupported) => {}
+        other => panic!("expected ClusterUnsupported, got {other:?}"),
+    }
+}

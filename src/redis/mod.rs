@@ -5,7 +5,16 @@
 //! trip (`EVALSHA`; a `NOSCRIPT` answer reloads it). Time is the server's `TIME`, so clients'
 //! clocks do not matter. Steps count from the Unix epoch, one epoch for every process. The key
 //! expires when its bucket would be full again (a full bucket and a missing one are the same),
-//! and the script touches only `KEYS[1]`, named `prefix{key}`, so it runs on Redis Cluster.
+//! and the script touches only `KEYS[1]`, named `prefix{key}`, so the script itself is
+//! Cluster-safe. The client is single-node: it follows no `MOVED` / `ASK` redirect and no
+//! Sentinel failover, so [`RedisLimiterBuilder::connect`] refuses a server in cluster mode
+//! ([`RedisLimitError::ClusterUnsupported`]) rather than erroring (or, under
+//! [`OnFailure::FailOpen`], silently not limiting) every key another node owns.
+//!
+//! Memory policy: a bucket key evicted under `maxmemory` comes back full (an early reset that
+//! can admit more than the limit). `connect` logs a warning when the server's
+//! `maxmemory-policy` is not `noeviction`; give rate-limit keys a Redis whose memory suffices,
+//! or `noeviction`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
@@ -62,6 +71,9 @@ pub enum RedisLimitError {
     Unavailable(String),
     /// Redis answered something the script never returns.
     Protocol(String),
+    /// The server runs in cluster mode, which this client does not follow (no `MOVED` / `ASK`
+    /// redirects): keys on other nodes would fail. Connect to a single-node server.
+    ClusterUnsupported,
 }
 
 impl fmt::Display for RedisLimitError {
@@ -74,6 +86,11 @@ impl fmt::Display for RedisLimitError {
             RedisLimitError::InsufficientCapacity(e) => e.fmt(f),
             RedisLimitError::Unavailable(why) => write!(f, "redis unavailable: {why}"),
             RedisLimitError::Protocol(why) => write!(f, "unexpected answer from redis: {why}"),
+            RedisLimitError::ClusterUnsupported => write!(
+                f,
+                "the redis server runs in cluster mode; tollgate's Redis client is single-node \
+                 (it follows no MOVED/ASK redirect): connect to a single-node server"
+            ),
         }
     }
 }
@@ -136,7 +153,13 @@ pub struct RedisLimiter {
     timeout: Duration,
     on_failure: OnFailure,
     denials: Option<Arc<DenialCache>>,
+    /// When a degraded decision was last logged (seconds since `since`, plus one; 0: never),
+    /// shared by clones: an outage logs a line every [`LOG_EVERY`], not one per request.
+    degraded_logged: Arc<(std::sync::atomic::AtomicU64, std::time::Instant)>,
 }
+
+/// At most one log line per this long about decisions made without Redis.
+const LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl fmt::Debug for RedisLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -223,6 +246,7 @@ impl RedisLimiterBuilder {
         .await
         .map_err(|_| RedisLimitError::Unavailable("connect timed out".into()))?
         .map_err(|e| RedisLimitError::Unavailable(e.to_string()))?;
+        check_server(&con, self.timeout).await?;
         Ok(RedisLimiter {
             con,
             script: Arc::new(redis::Script::new(SCRIPT)),
@@ -239,8 +263,50 @@ impl RedisLimiterBuilder {
                     map: Mutex::new(HashMap::new()),
                 })
             }),
+            degraded_logged: Arc::new((
+                std::sync::atomic::AtomicU64::new(0),
+                std::time::Instant::now(),
+            )),
         })
     }
+}
+
+/// What `connect` checks of the server: cluster mode (refused) and an evicting memory policy
+/// (a warning). A server that refuses `INFO` or `CONFIG` (a restricted ACL) passes.
+async fn check_server(con: &ConnectionManager, timeout: Duration) -> Result<(), RedisLimitError> {
+    let mut con = con.clone();
+    let wait = timeout.max(Duration::from_millis(100)) * 4;
+    let info = tokio::time::timeout(
+        wait,
+        redis::cmd("INFO")
+            .arg("cluster")
+            .query_async::<String>(&mut con),
+    )
+    .await;
+    if let Ok(Ok(info)) = info {
+        if info.lines().any(|l| l.trim() == "cluster_enabled:1") {
+            return Err(RedisLimitError::ClusterUnsupported);
+        }
+    }
+    let policy = tokio::time::timeout(
+        wait,
+        redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async::<Vec<String>>(&mut con),
+    )
+    .await;
+    if let Ok(Ok(pair)) = policy {
+        if let Some(policy) = pair.get(1).filter(|p| p.as_str() != "noeviction") {
+            tracing::warn!(
+                policy = %policy,
+                "tollgate: this redis server may evict keys when it reaches maxmemory; an \
+                 evicted bucket comes back full (an early reset): use noeviction, or enough \
+                 memory"
+            );
+        }
+    }
+    Ok(())
 }
 
 impl RedisLimiter {
@@ -376,11 +442,40 @@ impl RedisLimiter {
     fn failed(&self, n: u64, why: String) -> Result<Decision, RedisLimitError> {
         match self.on_failure {
             OnFailure::ReturnError => Err(RedisLimitError::Unavailable(why)),
-            policy => Ok(Decision::degraded(
-                &self.steps,
-                policy == OnFailure::FailOpen,
-                n,
-            )),
+            policy => {
+                self.log_degraded(policy, &why);
+                Ok(Decision::degraded(
+                    &self.steps,
+                    policy == OnFailure::FailOpen,
+                    n,
+                ))
+            }
+        }
+    }
+
+    /// Logs a decision made without Redis, at most once every [`LOG_EVERY`] per limiter (and
+    /// its clones), so an outage is seen without flooding the log.
+    fn log_degraded(&self, policy: OnFailure, why: &str) {
+        use std::sync::atomic::Ordering;
+        let (last, since) = &*self.degraded_logged;
+        let now = since.elapsed().as_secs() + 1;
+        // Relaxed: a log throttle; a rare duplicate line is harmless.
+        let seen = last.load(Ordering::Relaxed);
+        if (seen == 0 || now >= seen + LOG_EVERY.as_secs())
+            && last
+                .compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let verdict = if policy == OnFailure::FailOpen {
+                "allowed without limiting (fail open)"
+            } else {
+                "refused (fail closed)"
+            };
+            tracing::warn!(
+                error = %why,
+                "tollgate: redis unavailable; requests are {verdict} (logged at most every {:?})",
+                LOG_EVERY
+            );
         }
     }
 
