@@ -27,9 +27,8 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -37,6 +36,10 @@ use redis::aio::ConnectionManager;
 use crate::decision::{Decision, InsufficientCapacity};
 use crate::limit::{Limit, LimitError};
 use crate::state::{self, Outcome, Steps};
+
+mod denials;
+
+use denials::{DenialCache, Denied};
 
 /// The Lua script, as loaded into Redis.
 pub const SCRIPT: &str = include_str!("limiter.lua");
@@ -100,40 +103,6 @@ impl std::error::Error for RedisLimitError {}
 impl From<LimitError> for RedisLimitError {
     fn from(e: LimitError) -> Self {
         RedisLimitError::InvalidLimit(e)
-    }
-}
-
-/// The local denial cache: after Redis denies a key until some time, deny it here without a
-/// round trip until then (tokens only arrive by refill, and the wait already counts them).
-/// Time is the server's, advanced by this process's monotonic clock, so it is exact to the
-/// reply's transit time (the estimate lags the server by it: a cached denial may outlast the
-/// server's by that much), whatever the client's wall clock says. Bounded: at most `cap` keys;
-/// expired entries go first, then any.
-struct DenialCache {
-    cap: usize,
-    map: Mutex<HashMap<Vec<u8>, Denied>>,
-}
-
-/// A denial Redis made: the state it reported, until when it holds, for how many tokens. Times
-/// are the server's (SPEC §4: client clocks do not matter): the server's time of the denial,
-/// advanced by this process's monotonic clock since.
-#[derive(Clone, Copy)]
-struct Denied {
-    tokens: u64,
-    mark: u64,
-    /// Server time (Unix ns) of the denial, and when this process received it.
-    server_ns: u64,
-    seen: std::time::Instant,
-    /// Server time (Unix ns) at which the requested tokens are there.
-    until: u64,
-    n: u64,
-}
-
-impl Denied {
-    /// The server's time now, as this process can tell without asking it.
-    fn server_now_ns(&self) -> u64 {
-        let elapsed = u64::try_from(self.seen.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.server_ns.saturating_add(elapsed)
     }
 }
 
@@ -257,12 +226,7 @@ impl RedisLimiterBuilder {
             prefix: self.prefix.into(),
             timeout: self.timeout,
             on_failure: self.on_failure,
-            denials: self.denial_cache.map(|cap| {
-                Arc::new(DenialCache {
-                    cap: cap.max(1),
-                    map: Mutex::new(HashMap::new()),
-                })
-            }),
+            denials: self.denial_cache.map(|cap| Arc::new(DenialCache::new(cap))),
             degraded_logged: Arc::new((
                 std::sync::atomic::AtomicU64::new(0),
                 std::time::Instant::now(),
@@ -489,18 +453,8 @@ impl RedisLimiter {
         n: u64,
     ) {
         let until = d.now_ns().saturating_add(d.retry_after().as_nanos() as u64);
-        let mut map = cache.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= cache.cap && !map.contains_key(key) {
-            let now = d.now_ns();
-            map.retain(|_, e| e.until > now);
-            if map.len() >= cache.cap {
-                if let Some(k) = map.keys().next().cloned() {
-                    map.remove(&k);
-                }
-            }
-        }
-        map.insert(
-            key.to_vec(),
+        cache.insert(
+            key,
             Denied {
                 tokens,
                 mark,
@@ -509,30 +463,24 @@ impl RedisLimiter {
                 until,
                 n,
             },
+            d.now_ns(),
         );
     }
 
     /// A local denial, when the cache holds one for `key` that still stands for `n` tokens.
     fn cached_denial(&self, cache: &DenialCache, key: &[u8], n: u64) -> Option<Decision> {
-        let mut map = cache.map.lock().unwrap_or_else(|p| p.into_inner());
-        let denied = *map.get(key)?;
+        let denied = cache.get(key)?;
         let Denied {
             tokens,
             mark,
-            until,
             n: denied_n,
             ..
         } = denied;
         let now_ns = denied.server_now_ns();
-        if now_ns >= until {
-            map.remove(key);
-            return None;
-        }
         if n < denied_n {
             // Fewer tokens may already be there.
             return None;
         }
-        drop(map);
         // The state Redis reported, refilled to now: nobody else can have added tokens.
         let k = self.steps.step_index(now_ns);
         let word = self.steps.word(tokens, mark);
