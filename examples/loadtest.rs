@@ -3,7 +3,7 @@
 //! driven by its own HTTP/1.1 client over keep-alive connections, in one run.
 //!
 //! ```sh
-//! cargo run --release --example loadtest                 # every scenario (about 3 minutes)
+//! cargo run --release --example loadtest                 # every scenario (about 4 minutes)
 //! cargo run --release --example loadtest -- --quick      # a short spray, tollgate only (CI)
 //! cargo run --release --example loadtest -- --quick --max-bytes-per-key 400   # fail above
 //! ```
@@ -480,6 +480,7 @@ fn main() {
     let spray: u64 = arg(&args, "--spray").unwrap_or(if quick { 10_000_000 } else { 2_000_000 });
     let seconds: u64 = arg(&args, "--seconds").unwrap_or(if quick { 10 } else { 8 });
     let max_per_key: Option<f64> = arg(&args, "--max-bytes-per-key");
+    let rounds: usize = arg(&args, "--rounds").unwrap_or(3).max(1);
     println!(
         "tollgate load harness: {conns} keep-alive connections on loopback, 1 server worker \
          thread, 1 client thread"
@@ -494,17 +495,31 @@ fn main() {
             print_row(&format!("{v:?}"), &r);
             one_key_p99.push((v, r.p99_us));
         }
-        println!("(b) 1,000 hot keys, all allowed ({seconds} s)");
+        println!(
+            "(b) 1,000 hot keys, all allowed ({seconds} s; {rounds} rounds, variants interleaved, \
+             the median round by CPU per request shown)"
+        );
         header();
+        let variants = [Variant::None, Variant::Tollgate, Variant::Governor];
+        let mut runs: Vec<Vec<Report>> = variants.iter().map(|_| Vec::new()).collect();
+        for _ in 0..rounds {
+            for (i, v) in variants.iter().enumerate() {
+                runs[i].push(run(*v, Scenario::Hot, u64::MAX, seconds, conns, false));
+            }
+        }
+        let per_req = |r: &Report| r.server_cpu_ns as f64 / r.requests.max(1) as f64 / 1e3;
         let mut cpu = Vec::new();
-        for v in [Variant::None, Variant::Tollgate, Variant::Governor] {
-            let r = run(v, Scenario::Hot, u64::MAX, seconds, conns, false);
-            print_row(&format!("{v:?}"), &r);
-            cpu.push(r.server_cpu_ns as f64 / r.requests.max(1) as f64 / 1e3);
+        for (v, mut rs) in variants.iter().zip(runs) {
+            rs.sort_by(|a, b| per_req(a).total_cmp(&per_req(b)));
+            let all: Vec<String> = rs.iter().map(|r| format!("{:.2}", per_req(r))).collect();
+            let median = &rs[rs.len() / 2];
+            print_row(&format!("{v:?}"), median);
+            println!("  {:<14} cpu us/r of every round: {}", "", all.join(", "));
+            cpu.push(per_req(median));
         }
         println!(
-            "  layer overhead, server CPU per allowed request over no layer: tollgate {:+.2} us, \
-             tower_governor {:+.2} us",
+            "  layer overhead, server CPU per allowed request over no layer (medians): tollgate \
+             {:+.2} us, tower_governor {:+.2} us",
             cpu[1] - cpu[0],
             cpu[2] - cpu[0]
         );
