@@ -188,7 +188,7 @@ fn wake_upkeep() {
 /// The coarse clock: the precise (quanta) time as last stored by one process-wide upkeep thread
 /// every [`COARSE_UPKEEP_INTERVAL`]. A read is one relaxed atomic load and a compare; no read
 /// writes shared memory, but the first after each tick (one write per millisecond for the whole
-/// process).
+/// process, or a few when readers on several cores race to it).
 ///
 /// The first `CoarseClock::new` in a process starts the thread (named `tollgate-upkeep`); later
 /// ones share it. After about a second in which nobody reads the clock, the thread parks: an

@@ -1080,6 +1080,20 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         removed
     }
 
+    /// [`evict_idle`](KeyedLimiter::evict_idle) unless a full pass ended less than half an
+    /// [`eviction_period`](KeyedLimiter::eviction_period) ago (several layers, or a layer and
+    /// [`spawn_evictor`](KeyedLimiter::spawn_evictor), sharing one limiter then make one pass
+    /// per period between them, not one each). Returns how many buckets it evicted.
+    pub(crate) fn evict_idle_if_due(&self) -> usize {
+        // Relaxed: pacing only.
+        let at = self.evicted_at.load(Ordering::Relaxed);
+        let half = u64::try_from(self.eviction_period().as_nanos() / 2).unwrap_or(u64::MAX);
+        if at != 0 && self.clock.now().saturating_add(1).saturating_sub(at) < half {
+            return 0;
+        }
+        self.evict_idle()
+    }
+
     /// How often a background evictor should call [`evict_idle`](KeyedLimiter::evict_idle):
     /// half the `idle_ttl`, between 10 ms and 10 s. The HTTP layer runs one at this period.
     ///

@@ -13,8 +13,8 @@
 //! - The upkeep thread stores the precise time every tick (never backwards) and clears `SEEN`.
 //! - A reader loads the word. With `SEEN` set and `PARKED` clear (the common case: someone
 //!   already read since the last tick) it returns the time: one relaxed load, no write. The
-//!   first reader after a tick sets `SEEN` (one write per tick for the whole process, not one
-//!   per call).
+//!   first reader after a tick sets `SEEN` (per tick, one write, or a few when readers on
+//!   several cores race to it: never one per call).
 //! - A tick that finds `SEEN` clear counts an idle tick. After [`PARK_AFTER`] of them in a row
 //!   the thread sets `PARKED` with a compare-and-swap from a word with `SEEN` clear (so a reader
 //!   that set `SEEN` meanwhile keeps it awake) and parks: no more wakeups.

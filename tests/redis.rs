@@ -627,45 +627,67 @@ async fn a_cluster_mode_server_is_refused_at_connect() {
         return;
     };
     drop(single);
-    // A free TCP port below 55535 (the cluster bus takes port + 10000).
-    let port = (0..50)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .find(|p| *p < 55_000)
-        .expect("a low free port");
-    let dir = std::env::temp_dir().join(format!("tollgate-cluster-{}-{port}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args([
-            "--cluster-enabled",
-            "yes",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--cluster-config-file")
-        .arg(dir.join("nodes.conf"))
-        .arg("--dir")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server starts");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server (cluster) did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(10));
+    /// Kills the cluster-mode server however the test ends.
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
+    let dir = std::env::temp_dir().join(format!("tollgate-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A free TCP port below 55535 (the cluster bus takes port + 10000). Another process may
+    // take it between our probe and the server's bind: then the server exits, and we try again.
+    let mut started = None;
+    for _ in 0..5 {
+        let port = (0..50)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port()
+            })
+            .find(|p| *p < 55_000)
+            .expect("a low free port");
+        let _ = std::fs::remove_file(dir.join("nodes.conf"));
+        let mut child = Kill(
+            Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--cluster-config-file")
+                .arg(dir.join("nodes.conf"))
+                .arg("--dir")
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server starts"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let up = loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break true;
+            }
+            if child.0.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        if up {
+            started = Some((port, child));
+            break;
+        }
+    }
+    let (port, server) = started.expect("redis-server (cluster) came up");
     let got = RedisLimiter::builder(
         &format!("redis://127.0.0.1:{port}/"),
         Limit::per_second(5).unwrap(),
@@ -674,8 +696,7 @@ async fn a_cluster_mode_server_is_refused_at_connect() {
     .timeout(Duration::from_millis(500))
     .connect()
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     let _ = std::fs::remove_dir_all(&dir);
     match got {
         Err(RedisLimitError::ClusterUnsupported) => {}

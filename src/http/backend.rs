@@ -77,7 +77,7 @@ where
     }
 
     fn maintain(&self) {
-        self.evict_idle();
+        self.evict_idle_if_due();
     }
 }
 

@@ -49,8 +49,25 @@ impl Key {
     }
 
     /// The bytes that identify a `Bearer` key: its token.
+    /// (A value not of the form `Bearer <token>`, which only a hand-built key can hold, is its
+    /// own token: distinct values stay distinct keys.)
     fn token(value: &HeaderValue) -> &[u8] {
-        split_scheme(value.as_bytes()).map_or(&[], |(_, token)| token)
+        match split_scheme(value.as_bytes()) {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"bearer") => token,
+            _ => value.as_bytes(),
+        }
+    }
+
+    /// A copy that shares the key's memory (no allocation): for a key used for one request.
+    pub(crate) fn share(&self) -> Key {
+        match self {
+            Key::Global => Key::Global,
+            Key::Ip(ip) => Key::Ip(*ip),
+            Key::Header(v) => Key::Header(v.clone()),
+            Key::Bearer(v) => Key::Bearer(v.clone()),
+            Key::Bytes(b) => Key::Bytes(b.clone()),
+            Key::Text(t) => Key::Text(t.clone()),
+        }
     }
 
     /// The token of a `Bearer` key (what identifies it).
@@ -729,6 +746,14 @@ mod tests {
             KeyExtractor::bearer().extract(&RequestInfo::new(&req, None)),
             None
         );
+    }
+
+    #[test]
+    fn hand_built_bearer_keys_stay_distinct() {
+        let k = |v: &'static str| Key::Bearer(HeaderValue::from_static(v));
+        assert_ne!(k("tok1"), k("tok2"), "no scheme: the whole value is the token");
+        assert_ne!(k("Basic x"), k("Bearer x"), "only the bearer scheme is stripped");
+        assert_eq!(k("Bearer x"), k("bearer  x"));
     }
 
     #[test]

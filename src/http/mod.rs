@@ -328,7 +328,7 @@ where
                     }
                     return ResponseFuture::done(response);
                 }
-                MissingKey::Fallback(key) => key.clone(),
+                MissingKey::Fallback(key) => key.share(),
             },
         };
         let cost = config.cost.as_ref().map_or(1, |f| f(&info));
@@ -468,10 +468,7 @@ where
                                 // the client.
                                 tracing::warn!(%error, "rate-limit backend failed; request refused (fail closed)");
                                 State::Done {
-                                    response: Some(problem_response(
-                                        StatusCode::SERVICE_UNAVAILABLE,
-                                        "the rate limiter is unavailable",
-                                    )),
+                                    response: Some(degraded_denial()),
                                 }
                             }
                         },
@@ -519,9 +516,10 @@ where
     }
 }
 
-/// A denial the backend's failure policy made (Redis unreachable, `FailClosed`): not a quota
-/// verdict (SPEC §4), so not a 429 with a wait derived from an imagined empty bucket, but a 503
-/// with a short `Retry-After` of 1 s, and no rate-limit headers.
+/// A denial the backend's failure policy made (Redis unreachable, `FailClosed`), or a backend
+/// error under [`OnBackendError::FailClosed`]: not a quota verdict (SPEC §4), so not a 429 with
+/// a wait derived from an imagined empty bucket, but a 503 with a short `Retry-After` of 1 s,
+/// and no rate-limit headers.
 fn degraded_denial() -> Response<Bytes> {
     let mut r = problem_response(
         StatusCode::SERVICE_UNAVAILABLE,

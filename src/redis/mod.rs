@@ -165,7 +165,7 @@ impl RedisLimiterBuilder {
     }
 
     /// Deny keys locally, with no round trip, until the time Redis said they may retry; hold
-    /// at most `max_keys` of them (`None`: off, the default). That time is the server's,
+    /// about `max_keys` of them (rounded up to a multiple of 16: the cache has 16 shards) (`None`: off, the default). That time is the server's,
     /// advanced by this process's monotonic clock: the client's wall clock plays no part.
     pub fn denial_cache(mut self, max_keys: Option<usize>) -> Self {
         self.denial_cache = max_keys;
@@ -505,7 +505,9 @@ impl crate::http::Backend for RedisLimiter {
             Key::Global => b"g".to_vec(),
             Key::Ip(ip) => tagged(b"i:", ip.to_string().as_bytes()),
             Key::Header(v) => tagged(b"h:", v.as_bytes()),
-            // The token only: `Bearer t` and `bearer t` are one key.
+            // The token only: `Bearer t` and `bearer t` are one key. Tagged `b:` as bearer
+            // tokens were (as `Key::Bytes`) before `Key::Bearer`, so their buckets carry over;
+            // a closure's `Key::Bytes` equal to a token shares that bucket, as it did.
             Key::Bearer(v) => tagged(b"b:", key.bearer_token().unwrap_or(v.as_bytes())),
             Key::Bytes(b) => tagged(b"b:", b),
             Key::Text(t) => tagged(b"t:", t.as_bytes()),
