@@ -751,8 +751,16 @@ mod tests {
     #[test]
     fn hand_built_bearer_keys_stay_distinct() {
         let k = |v: &'static str| Key::Bearer(HeaderValue::from_static(v));
-        assert_ne!(k("tok1"), k("tok2"), "no scheme: the whole value is the token");
-        assert_ne!(k("Basic x"), k("Bearer x"), "only the bearer scheme is stripped");
+        assert_ne!(
+            k("tok1"),
+            k("tok2"),
+            "no scheme: the whole value is the token"
+        );
+        assert_ne!(
+            k("Basic x"),
+            k("Bearer x"),
+            "only the bearer scheme is stripped"
+        );
         assert_eq!(k("Bearer x"), k("bearer  x"));
     }
 
