@@ -1084,6 +1084,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     /// [`eviction_period`](KeyedLimiter::eviction_period) ago (several layers, or a layer and
     /// [`spawn_evictor`](KeyedLimiter::spawn_evictor), sharing one limiter then make one pass
     /// per period between them, not one each). Returns how many buckets it evicted.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn evict_idle_if_due(&self) -> usize {
         // Relaxed: pacing only.
         let at = self.evicted_at.load(Ordering::Relaxed);
