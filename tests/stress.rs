@@ -90,3 +90,59 @@ fn granted_never_exceeds_capacity_plus_refills() {
         2,
     );
 }
+
+/// A user's path for the multi-limit undo (SPEC §2): real threads on the default clock, two
+/// limits on four keys for about two seconds, rollbacks happening whenever the second limit
+/// denies after the first granted. Per key, the calls granted never exceed either limit's
+/// `C + q * (steps in the window + 1)`, the window measured from before the limiters were built
+/// to after the last call (a reading inside it can only see fewer steps). This run checks the
+/// bound as users load it; it does not reach the rare interleaving of the old refund-based
+/// rollback (seen: it passes with that bug put back), which `tests/races.rs` and the loom model
+/// replay exactly.
+#[test]
+fn multi_keyed_under_real_threads_and_clock_stays_within_both_limits() {
+    use std::time::Instant;
+    use tollgate::{KeyedLimiter, MultiKeyedLimiter};
+    // Limit 0: 200 per 100 ms steps of 20 (q = 20, C = 200); limit 1: 60, 6 per 10 ms.
+    let (c0, q0, step0) = (200u64, 20u64, Duration::from_millis(10));
+    let (c1, q1, step1) = (60u64, 6u64, Duration::from_millis(10));
+    let before = Instant::now();
+    let limits: MultiKeyedLimiter<u32> = MultiKeyedLimiter::from_limiters(
+        KeyedLimiter::new(Limit::new(c0, q0, step0).unwrap()),
+        [KeyedLimiter::new(Limit::new(c1, q1, step1).unwrap())],
+    );
+    let granted: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(0)).collect();
+    let denied_by_1 = AtomicU64::new(0);
+    let deadline = before + Duration::from_secs(2);
+    thread::scope(|s| {
+        for t in 0..4u32 {
+            let (limits, granted, denied_by_1) = (&limits, &granted, &denied_by_1);
+            s.spawn(move || {
+                let mut i = t;
+                while Instant::now() < deadline {
+                    let key = i % 4;
+                    let d = limits.try_acquire_key(&key, 1 + u64::from(i % 3)).unwrap();
+                    if d.is_allowed() {
+                        granted[key as usize].fetch_add(1 + u64::from(i % 3), Ordering::Relaxed);
+                    } else if d.limit == 1 {
+                        denied_by_1.fetch_add(1, Ordering::Relaxed);
+                    }
+                    i = i.wrapping_add(7);
+                }
+            });
+        }
+    });
+    let window = before.elapsed();
+    let steps = |step: Duration| (window.as_nanos() / step.as_nanos()) as u64 + 1;
+    let bound = (c0 + q0 * steps(step0)).min(c1 + q1 * steps(step1));
+    for (key, g) in granted.iter().enumerate() {
+        let g = g.load(Ordering::Relaxed);
+        eprintln!(
+            "key {key}: {g} tokens granted in {window:?} (bound {bound}); {} calls denied by \
+             limit 1 (some after limit 0 granted: rollbacks)",
+            denied_by_1.load(Ordering::Relaxed)
+        );
+        assert!(g <= bound, "key {key}: {g} granted, bound {bound}");
+        assert!(g > 0);
+    }
+}
