@@ -10,21 +10,12 @@ use std::time::{Duration, Instant};
 
 use tollgate::{Clock, Limit, MonotonicClock, TokenBucket};
 
+#[path = "support/cpu.rs"]
+mod cpu;
+
 /// CPU nanoseconds used so far by every thread of this process.
 fn cpu_ns() -> u64 {
-    let mut total = 0;
-    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
-        for task in tasks.flatten() {
-            if let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) {
-                total += s
-                    .split_whitespace()
-                    .next()
-                    .and_then(|x| x.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-        }
-    }
-    total
+    cpu::thread_cpu_ns("")
 }
 
 /// The never-parking upkeep thread (tollgate's coarse clock before this change), as a clock.

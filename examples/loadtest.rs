@@ -74,26 +74,9 @@ fn rss() -> u64 {
     pages * 4096
 }
 
-/// CPU nanoseconds of this process's threads whose name starts with `prefix`.
-fn thread_cpu_ns(prefix: &str) -> u64 {
-    let mut total = 0;
-    for task in std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.starts_with(prefix) {
-            let s = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-            total += s
-                .split_whitespace()
-                .next()
-                .and_then(|x| x.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    total
-}
+#[path = "support/cpu.rs"]
+mod cpu;
+use cpu::thread_cpu_ns;
 
 /// The limit each scenario runs under, as (tollgate limit, governor period, governor burst).
 fn limits(scenario: Scenario) -> (Limit, Duration, u32) {
