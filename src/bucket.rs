@@ -2,137 +2,14 @@
 
 use crossbeam_utils::CachePadded;
 
+use crate::cell::Cell;
 use crate::clock::{Clock, DefaultClock};
 use crate::decision::{Decision, InsufficientCapacity};
-use crate::limit::Limit;
-use crate::state::{self, Steps, SEALED, TOMBSTONE};
-
-use crate::sync::{AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering};
-
-/// The atomic word of one bucket, shared by [`TokenBucket`] and the keyed limiter.
-#[derive(Debug)]
-pub(crate) struct Cell(AtomicU64);
-
-impl Cell {
-    /// A full bucket marked at step `k`.
-    pub(crate) fn full(steps: &Steps, k: u64) -> Cell {
-        Cell::new(steps.full(k))
-    }
-
-    /// A bucket holding `word`.
-    pub(crate) fn new(word: u64) -> Cell {
-        Cell(AtomicU64::new(word))
-    }
-
-    /// Refill to the step of clock reading `now` and try to take `n <= C` tokens. `None` when
-    /// the cell is a tombstone or sealed (the caller looks the key up again). Lock-free: a failed CAS
-    /// retries from the value it returned; a denial or a peek stores nothing unless it is the
-    /// first to see a new step.
-    #[inline(always)]
-    pub(crate) fn acquire(&self, steps: &Steps, n: u64, now: u64, epoch: u64) -> Option<Decision> {
-        // Relaxed: the word is self-contained (no other memory is published through it), and
-        // all read-modify-writes of one location are totally ordered by coherence.
-        let mut word = self.0.load(Ordering::Relaxed);
-        let k = steps.step_index_near(now.saturating_sub(epoch), word);
-        loop {
-            if state::is_dead(word) {
-                return None;
-            }
-            let out = state::step(steps, word, k, n);
-            let Some(new) = out.write else {
-                return Some(Decision::new(steps, &out, n, now, epoch));
-            };
-            // Relaxed on both sides: as above; the CAS alone decides who consumed what.
-            match self
-                .0
-                .compare_exchange_weak(word, new, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return Some(Decision::new(steps, &out, n, now, epoch)),
-                Err(seen) => word = seen,
-            }
-        }
-    }
-
-    /// Applies `op` (a pure step on the word) at the step of `now` with a CAS loop, like
-    /// `acquire`. `None` on a tombstone or a seal.
-    #[inline]
-    pub(crate) fn update(
-        &self,
-        steps: &Steps,
-        now: u64,
-        epoch: u64,
-        n: u64,
-        op: impl Fn(&Steps, u64, u64, u64) -> state::Outcome,
-    ) -> Option<Decision> {
-        // Relaxed: as in `acquire`.
-        let mut word = self.0.load(Ordering::Relaxed);
-        let k = steps.step_index_near(now.saturating_sub(epoch), word);
-        loop {
-            if state::is_dead(word) {
-                return None;
-            }
-            let out = op(steps, word, k, n);
-            let Some(new) = out.write else {
-                return Some(Decision::new(steps, &out, 0, now, epoch));
-            };
-            // Relaxed: as in `acquire`.
-            match self
-                .0
-                .compare_exchange_weak(word, new, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return Some(Decision::new(steps, &out, 0, now, epoch)),
-                Err(seen) => word = seen,
-            }
-        }
-    }
-
-    /// Sets the word of a cell nobody else can see yet.
-    pub(crate) fn set(&self, word: u64) {
-        // Relaxed: the cell is published afterwards by a Release store.
-        self.0.store(word, Ordering::Relaxed);
-    }
-
-    /// Current word (for eviction checks).
-    #[inline]
-    pub(crate) fn load(&self) -> u64 {
-        // Relaxed: a snapshot; eviction confirms it with a CAS.
-        self.0.load(Ordering::Relaxed)
-    }
-
-    /// Replaces `expected` with the tombstone; false when the word changed meanwhile.
-    pub(crate) fn tombstone(&self, expected: u64) -> bool {
-        // Relaxed: the tombstone is seen through this word's own coherence order; the map
-        // removal that follows is ordered by the map itself.
-        self.0
-            .compare_exchange(expected, TOMBSTONE, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    }
-
-    /// Seals the word whatever it holds, and returns it (a bucket's limit change: a bucket
-    /// outside a map is never a tombstone).
-    pub(crate) fn seal_now(&self) -> u64 {
-        // Relaxed: as for the tombstone; the new node is published by a Release store.
-        self.0.swap(SEALED, Ordering::Relaxed)
-    }
-
-    /// Puts `word` back in place of the seal this thread set (a migration that unwound).
-    pub(crate) fn unseal(&self, word: u64) {
-        // Relaxed: as for the seal; only the sealing thread leaves the seal, so the word is
-        // the one every other call waited to see again.
-        let _ = self
-            .0
-            .compare_exchange(SEALED, word, Ordering::Relaxed, Ordering::Relaxed);
-    }
-
-    /// Replaces `expected` with the seal (the keyed limiter's migration to a new limit); false
-    /// when the word changed meanwhile.
-    pub(crate) fn seal(&self, expected: u64) -> bool {
-        // Relaxed: as for the tombstone; the replacement entry is published by the map.
-        self.0
-            .compare_exchange(expected, SEALED, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    }
-}
+use crate::limit::{Inherit, Limit};
+use crate::limits::{Limits, MAX_LIMITS};
+use crate::state;
+use crate::steps::Steps;
+use crate::sync::{AtomicUsize, Mutex, Ordering};
 
 /// A lock-free token bucket (lock-free except while [`set_limit`](TokenBucket::set_limit) swaps
 /// the limit): its whole state (tokens and refill mark) is one `AtomicU64`,
@@ -149,12 +26,11 @@ impl Cell {
 /// # Ok::<(), tollgate::LimitError>(())
 /// ```
 pub struct TokenBucket<C: Clock = DefaultClock> {
-    /// The node calls use: 0 is `first`, `i > 0` is `later[i - 1]`.
+    /// The node calls use: an index into `nodes`.
     current: AtomicUsize,
-    first: Node,
-    /// Nodes of later limits (`set_limit`), allocated at the first reconfiguration. A node,
-    /// once published, lives as long as the bucket: a call may still be using it.
-    later: OnceLock<Box<[OnceLock<Box<Node>>]>>,
+    /// The first limit, then one per `set_limit`. A node, once published, lives as long as the
+    /// bucket: a call may still be using it.
+    nodes: Limits<Node, [Node; 1]>,
     /// Serializes reconfigurations.
     reconfig: Mutex<()>,
     epoch: u64,
@@ -176,19 +52,7 @@ impl Node {
 }
 
 /// How many times a bucket's limit can be replaced (see [`TokenBucket::set_limit`]).
-pub const MAX_RECONFIGURATIONS: usize = 255;
-
-/// What a bucket's tokens become when its limit is replaced.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Inherit {
-    /// The same number of tokens, capped at the new capacity. The default.
-    #[default]
-    Keep,
-    /// The same fraction of the capacity, rounded down (never in the caller's favour).
-    Proportional,
-    /// A full bucket under the new limit.
-    Reset,
-}
+pub const MAX_RECONFIGURATIONS: usize = MAX_LIMITS - 1;
 
 /// Why [`TokenBucket::set_limit`] did not replace the limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -238,11 +102,10 @@ impl<C: Clock> TokenBucket<C> {
         let steps = *limit.steps();
         TokenBucket {
             current: AtomicUsize::new(0),
-            first: Node {
+            nodes: Limits::new([Node {
                 limit,
                 cell: CachePadded::new(Cell::full(&steps, 0)),
-            },
-            later: OnceLock::new(),
+            }]),
             reconfig: Mutex::new(()),
             epoch,
             clock,
@@ -266,21 +129,7 @@ impl<C: Clock> TokenBucket<C> {
     /// Node `i` (0 is the first).
     #[inline(always)]
     fn node_at(&self, i: usize) -> &Node {
-        match i {
-            0 => &self.first,
-            i => self.later_node(i),
-        }
-    }
-
-    /// Node `i > 0` (a reconfigured bucket): every call comes here once the limit has changed,
-    /// so it is not cold; kept out of line so a bucket never reconfigured has a small path.
-    #[inline(never)]
-    fn later_node(&self, i: usize) -> &Node {
-        self.later
-            .get()
-            .and_then(|later| later.get(i - 1))
-            .and_then(OnceLock::get)
-            .expect("a node is published before its index")
+        self.nodes.get(i)
     }
 
     /// Takes `n` tokens if they are there; otherwise consumes nothing. `n == 0` is a peek:
@@ -543,24 +392,25 @@ impl<C: Clock> TokenBucket<C> {
         if index >= MAX_RECONFIGURATIONS {
             return Err(TooManyReconfigurations);
         }
-        let later = self
-            .later
-            .get_or_init(|| (0..MAX_RECONFIGURATIONS).map(|_| OnceLock::new()).collect());
         let steps = *limit.steps();
-        // Prepared before the seal, so calls wait only for the arithmetic below.
+        // Prepared before the seal, so calls wait only for the arithmetic below; readers see
+        // the node only once the index below names it.
         let node = Box::new(Node {
             limit,
             cell: CachePadded::new(Cell::full(&steps, 0)),
         });
+        if self.nodes.set(index + 1, node).is_err() {
+            return Err(TooManyReconfigurations);
+        }
+        let new = self.node_at(index + 1);
         let now = self.clock.now();
         let t = now.saturating_sub(self.epoch);
         // Seal the old word: from here no call can change it, and its state is final.
         let word = old.cell.seal_now();
         let word = state::convert_word(old.steps(), word, t, &steps, inherit);
-        node.cell.set(word);
+        new.cell.set(word);
         let k = steps.step_index(t);
         let out = state::step(&steps, word, k, 0);
-        let _ = later[index].set(node);
         // Release: publishes the node (and its word) with the index.
         self.current.store(index + 1, Ordering::Release);
         Ok(Decision::new(&steps, &out, 0, now, self.epoch))

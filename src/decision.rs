@@ -3,7 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::state::{Outcome, Rate, Steps};
+use crate::state::Outcome;
+use crate::steps::{Rate, Steps};
 
 /// The outcome of one call on a bucket.
 ///

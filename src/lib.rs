@@ -38,34 +38,38 @@
 #![forbid(unsafe_code)]
 
 mod bucket;
+mod cell;
 mod clock;
 mod decision;
 #[cfg(feature = "http")]
 pub mod http;
 mod keyed;
 mod limit;
-mod map;
+mod limits;
 mod multi;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod reservation;
 mod state;
 mod stats;
+mod steps;
 mod sync;
 mod upkeep;
 #[cfg(feature = "tokio")]
 mod wait;
 
-pub use bucket::{Inherit, TokenBucket, TooManyReconfigurations, MAX_RECONFIGURATIONS};
+pub use bucket::{TokenBucket, TooManyReconfigurations, MAX_RECONFIGURATIONS};
 pub use clock::{
     Clock, CoarseClock, DefaultClock, ManualClock, MonotonicClock, COARSE_UPKEEP_INTERVAL,
 };
 pub use decision::{Decision, InsufficientCapacity};
 pub use keyed::{
-    AtCapacity, Evictor, KeyHasher, KeyedLimiter, KeyedLimiterBuilder, SetLimitError, MAX_PRESIZE,
+    AtCapacity, Evictor, KeyHash, KeyHasher, KeyedLimiter, KeyedLimiterBuilder, SetLimitError,
+    MAX_PRESIZE,
 };
 pub use limit::{
-    Limit, LimitError, LimitField, Refill, MAX_CAPACITY, MAX_INTERVAL, MIN_HORIZON, MIN_INTERVAL,
+    Inherit, Limit, LimitError, LimitField, Refill, MAX_CAPACITY, MAX_INTERVAL, MIN_HORIZON,
+    MIN_INTERVAL,
 };
 pub use multi::{MultiBucket, MultiDecision, MultiKeyedLimiter};
 pub use reservation::{Reservation, ReserveError};

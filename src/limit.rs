@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::state::{gcd, Steps};
+use crate::steps::{gcd, Steps};
 
 /// The largest capacity a limit may have: 2^32 tokens.
 pub const MAX_CAPACITY: u64 = 1 << 32;
@@ -415,6 +415,18 @@ impl Limit {
 fn horizon_of(s: &Steps) -> Duration {
     let ns = (s.horizon_steps() as u128 * s.b as u128) / s.a as u128;
     Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+}
+
+/// What a bucket's tokens become when its limit is replaced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Inherit {
+    /// The same number of tokens, capped at the new capacity. The default.
+    #[default]
+    Keep,
+    /// The same fraction of the capacity, rounded down (never in the caller's favour).
+    Proportional,
+    /// A full bucket under the new limit.
+    Reset,
 }
 
 #[cfg(test)]

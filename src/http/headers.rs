@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
 
-use crate::state::Rate;
+use crate::steps::Rate;
 use crate::{Decision, Limit};
 
 /// Which rate-limit headers a response carries.

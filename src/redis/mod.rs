@@ -35,7 +35,8 @@ use redis::aio::ConnectionManager;
 
 use crate::decision::{Decision, InsufficientCapacity};
 use crate::limit::{Limit, LimitError};
-use crate::state::{self, Outcome, Steps};
+use crate::state::{self, Outcome};
+use crate::steps::{self, Steps};
 
 mod denials;
 
@@ -190,7 +191,7 @@ impl RedisLimiterBuilder {
             )));
         }
         let (a, b_us) = (steps.a, steps.b / 1000);
-        let g = state::gcd(a, b_us);
+        let g = steps::gcd(a, b_us);
         let (a, b_us) = (a / g, b_us / g);
         if a > b_us {
             return Err(RedisLimitError::Limit(

@@ -13,21 +13,21 @@ use std::hash::{Hash, Hasher};
 
 pub(crate) use papaya::Equivalent;
 
-use crate::bucket::Cell;
+use crate::cell::Cell;
 
-/// Bits 48..56 of a stored hash hold the key's tier (its limit's index). Lookups mask them out;
+/// Bits 48..56 of a stored hash hold the key's slot (the index of the limit it is under). Lookups mask them out;
 /// nothing reads them as hash: papaya places entries by the low bits and tags them with the
 /// top 7, and shards are picked from bits 32..48.
-pub(crate) const TIER_SHIFT: u32 = 48;
-pub(crate) const TIER_MASK: u64 = 0xFF << TIER_SHIFT;
+pub(crate) const SLOT_SHIFT: u32 = 48;
+pub(crate) const SLOT_MASK: u64 = 0xFF << SLOT_SHIFT;
 
-/// A hash with the tier bits cleared: what lookups and placement use.
+/// A hash with the slot bits cleared: what lookups and placement use.
 #[inline(always)]
 pub(crate) fn plain(hash: u64) -> u64 {
-    hash & !TIER_MASK
+    hash & !SLOT_MASK
 }
 
-/// A stored key, its hash and its tier (in the hash's tier bits).
+/// A stored key, its hash and its slot (in the hash's slot bits).
 #[derive(Debug)]
 pub(crate) struct Hashed<K> {
     pub(crate) hash: u64,
@@ -35,18 +35,18 @@ pub(crate) struct Hashed<K> {
 }
 
 impl<K> Hashed<K> {
-    /// A stored key with hash `hash` (tier bits ignored) in tier `tier`.
-    pub(crate) fn new(hash: u64, key: K, tier: u8) -> Hashed<K> {
+    /// A stored key with hash `hash` (slot bits ignored) under slot `slot`.
+    pub(crate) fn new(hash: u64, key: K, slot: u8) -> Hashed<K> {
         Hashed {
-            hash: plain(hash) | (u64::from(tier) << TIER_SHIFT),
+            hash: plain(hash) | (u64::from(slot) << SLOT_SHIFT),
             key,
         }
     }
 
-    /// The key's tier.
+    /// The key's slot.
     #[inline(always)]
-    pub(crate) fn tier(&self) -> usize {
-        ((self.hash & TIER_MASK) >> TIER_SHIFT) as usize
+    pub(crate) fn slot(&self) -> usize {
+        ((self.hash & SLOT_MASK) >> SLOT_SHIFT) as usize
     }
 }
 
@@ -64,7 +64,7 @@ impl<K> Hash for Hashed<K> {
     }
 }
 
-/// A borrowed key and its hash (tier bits clear), for lookups without an owned key.
+/// A borrowed key and its hash (slot bits clear), for lookups without an owned key.
 pub(crate) struct Probe<'a, Q: ?Sized> {
     pub(crate) hash: u64,
     pub(crate) key: &'a Q,
@@ -124,7 +124,7 @@ mod papaya_map {
             PassThroughHasher(0)
         }
     }
-    use crate::state::TOMBSTONE;
+    use crate::steps::TOMBSTONE;
 
     /// One shard: a papaya map from keys to bucket cells.
     pub(crate) struct ShardMap<K> {
@@ -157,7 +157,7 @@ mod papaya_map {
     }
 
     impl<K: Hash + Eq> Pinned<'_, K> {
-        /// The key's tier and cell.
+        /// The key's slot and cell.
         #[inline]
         pub(crate) fn get<Q>(&self, probe: &Probe<'_, Q>) -> Option<(usize, &Cell)>
         where
@@ -166,7 +166,7 @@ mod papaya_map {
         {
             self.map
                 .get_key_value(probe, &self.guard)
-                .map(|(k, cell)| (k.tier(), cell))
+                .map(|(k, cell)| (k.slot(), cell))
         }
 
         /// `Ok(new cell)` when this call inserted, `Err(existing)` when the key was there.
@@ -211,11 +211,11 @@ mod papaya_map {
         }
 
         /// Visits every entry; where `kill` tombstones the cell (returns true), removes the
-        /// entry. `kill` gets the entry's tier. Returns how many entries this call removed.
+        /// entry. `kill` gets the entry's slot. Returns how many entries this call removed.
         pub(crate) fn sweep(&self, mut kill: impl FnMut(usize, &Cell) -> bool) -> usize {
             let mut removed = 0;
             for (key, cell) in self.map.iter(&self.guard) {
-                if kill(key.tier(), cell) {
+                if kill(key.slot(), cell) {
                     let probe = Probe {
                         hash: plain(key.hash),
                         key: &key.key,
@@ -234,7 +234,7 @@ pub(crate) use self::loom_map::{Pinned, ShardMap};
 #[cfg(loom)]
 mod loom_map {
     use super::*;
-    use crate::state::TOMBSTONE;
+    use crate::steps::TOMBSTONE;
     use loom::sync::Mutex;
 
     /// The loom stand-in: a linearizable map (one mutex) whose cells outlive their removal, as
@@ -282,7 +282,7 @@ mod loom_map {
             entries
                 .iter()
                 .find(|(k, _)| probe.equivalent(k))
-                .map(|(k, c)| (k.tier(), *c))
+                .map(|(k, c)| (k.slot(), *c))
         }
 
         pub(crate) fn try_insert_with(
@@ -331,11 +331,11 @@ mod loom_map {
             // lets other calls run in between.
             let cells: Vec<(usize, &'static Cell)> = {
                 let entries = self.map.entries.lock().unwrap();
-                entries.iter().map(|(k, c)| (k.tier(), *c)).collect()
+                entries.iter().map(|(k, c)| (k.slot(), *c)).collect()
             };
             let mut removed = 0;
-            for (tier, cell) in cells {
-                if kill(tier, cell) {
+            for (slot, cell) in cells {
+                if kill(slot, cell) {
                     let mut entries = self.map.entries.lock().unwrap();
                     if let Some(i) = entries
                         .iter()

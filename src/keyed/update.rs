@@ -1,0 +1,150 @@
+//! Calls that give tokens back or read without taking: snapshots, refunds, grants, resets, and
+//! the undo of an all-or-nothing call's take. None of them empties a bucket, so a key without a
+//! bucket whose untouched bucket is full needs no entry.
+
+use std::borrow::Borrow;
+use std::hash::{BuildHasher, Hash};
+
+use super::map::Probe;
+use super::KeyedLimiter;
+use crate::clock::Clock;
+use crate::decision::Decision;
+use crate::state::{self, Outcome};
+use crate::steps::Steps;
+
+impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
+    /// Undoes a take of `n` tokens from `key` that `taken` granted under slot `slot` (SPEC §2,
+    /// undo versus refund; see `state::undo`). Under a slot no longer the key's (its limit
+    /// changed since), or for a take the key cap answered, nothing comes back. A key whose
+    /// bucket was evicted since was full meanwhile, so the undo's count of refill steps gives
+    /// nothing back either.
+    pub(crate) fn undo_key<Q>(&self, key: &Q, n: u64, taken: &Decision, slot: usize) -> Decision
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let mark = taken.mark();
+        self.update_key(key, n, Some(slot), move |s, w, k, n| {
+            state::undo(s, w, k, n, mark)
+        })
+    }
+
+    /// `key`'s bucket as it is now, consuming nothing and creating nothing (a key without a
+    /// bucket is full). Because nothing is stored for a new key, a later call whose clock reads
+    /// earlier than this one (a stale reading) sees a fresh bucket marked at its own step; for
+    /// SPEC's exact peek, which records the new bucket, use `try_acquire_key(key, 0)`. The same
+    /// holds for `refund_key`, `add_tokens_key` and `reset_key` on a key without a bucket.
+    ///
+    /// ```
+    /// use tollgate::{KeyedLimiter, Limit};
+    /// let limiter: KeyedLimiter<String> = KeyedLimiter::new(Limit::per_hour(5)?);
+    /// assert_eq!(limiter.snapshot_key("new").remaining(), 5);
+    /// assert!(limiter.is_empty());
+    /// limiter.try_acquire_key("k", 2).unwrap();
+    /// assert_eq!(limiter.snapshot_key("k").remaining(), 3);
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn snapshot_key<Q>(&self, key: &Q) -> Decision
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.update_key(key, 0, None, state::add)
+    }
+
+    /// Gives `n` tokens back to `key`'s bucket (capped at the capacity).
+    ///
+    /// ```
+    /// use tollgate::{KeyedLimiter, Limit};
+    /// let limiter: KeyedLimiter<u64> = KeyedLimiter::new(Limit::per_hour(5)?);
+    /// limiter.try_acquire_key(&1, 4).unwrap();
+    /// assert_eq!(limiter.refund_key(&1, 3).remaining(), 4);
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn refund_key<Q>(&self, key: &Q, n: u64) -> Decision
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.update_key(key, n, None, state::add)
+    }
+
+    /// Adds `n` tokens to `key`'s bucket (capped at the capacity).
+    ///
+    /// ```
+    /// use tollgate::{KeyedLimiter, Limit};
+    /// let limiter: KeyedLimiter<u64> = KeyedLimiter::new(Limit::per_hour(5)?);
+    /// limiter.try_acquire_key(&1, 5).unwrap();
+    /// assert_eq!(limiter.add_tokens_key(&1, 2).remaining(), 2);
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn add_tokens_key<Q>(&self, key: &Q, n: u64) -> Decision
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.update_key(key, n, None, state::add)
+    }
+
+    /// Fills `key`'s bucket to its capacity.
+    ///
+    /// ```
+    /// use tollgate::{KeyedLimiter, Limit};
+    /// let limiter: KeyedLimiter<u64> = KeyedLimiter::new(Limit::per_hour(5)?);
+    /// limiter.try_acquire_key(&1, 5).unwrap();
+    /// assert_eq!(limiter.reset_key(&1).remaining(), 5);
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn reset_key<Q>(&self, key: &Q) -> Decision
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.update_key(key, 0, None, |s, w, k, _| state::reset(s, w, k))
+    }
+
+    /// Applies `op` to `key`'s bucket. `op` never empties a bucket (it adds or fills), so a key
+    /// without a bucket (or one being evicted) whose untouched bucket is full is full before
+    /// and after: the answer is computed on a full word and nothing is inserted. (Only after a
+    /// change that raised the capacity with [`Inherit::Keep`] is an untouched bucket not full
+    /// for a while; then the key's bucket is created first, by an exact peek.) With `only`,
+    /// `op` gets `n` only for an entry under that slot, and 0 otherwise.
+    fn update_key<Q>(
+        &self,
+        key: &Q,
+        n: u64,
+        only: Option<usize>,
+        op: impl Fn(&Steps, u64, u64, u64) -> Outcome + Copy,
+    ) -> Decision
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let now = self.clock.now();
+        let (hash, shard) = self.shard_of(key);
+        let probe = Probe { hash, key };
+        let pinned = shard.map.pin();
+        let mut inserted = false;
+        loop {
+            if let Some((slot, under, cell)) = self.entry(&pinned, &probe) {
+                let n = if only.is_none_or(|s| s == slot) { n } else { 0 };
+                if let Some(d) = cell.update(under.steps(), now, self.epoch, n, op) {
+                    return d;
+                }
+                self.dead(&pinned, &probe, cell);
+                continue;
+            }
+            let under = self.slot(self.current_slot(self.tier_of(&key.to_owned())));
+            let k = under.steps().step_index(now.saturating_sub(self.epoch));
+            let (tokens, _) = under.fresh(k);
+            if tokens == under.steps().cap || inserted {
+                let out = op(under.steps(), under.fresh_word(k), k, n);
+                return Decision::new(under.steps(), &out, 0, now, self.epoch);
+            }
+            // Not full: the change must be recorded, so create the bucket (an exact peek) and
+            // go again. At the key cap nothing is created and the answer is computed as above.
+            inserted = true;
+            let _ = self.first_touch(shard, &pinned, &probe, 0, now);
+        }
+    }
+}
