@@ -1,7 +1,7 @@
 //! tollgate vs governor, side by side in the same criterion groups and the same run.
 //!
 //! `cargo bench --bench compare` (about 3 minutes on 2 cores); smoke run: `-- --quick`.
-//! `python3 benches/table.py` prints the README's table (with ratios) from the results.
+//! `python3 benches/table.py` prints BENCHMARKS.md's table (with ratios) from the results.
 //!
 //! Clock classes: tollgate's `MonotonicClock` vs governor's `QuantaClock` (both quanta, read on
 //! every call; governor's default), and tollgate's `CoarseClock` vs governor's

@@ -1,4 +1,4 @@
-//! The floor: one uncontended CAS on an `AtomicU64` and each clock read, so the README can say
+//! The floor: one uncontended CAS on an `AtomicU64` and each clock read, so BENCHMARKS.md can say
 //! how close to the hardware the limiter runs. `cargo bench --bench core`; smoke run:
 //! `-- --quick`. The limiter itself is measured in `benches/compare.rs`.
 

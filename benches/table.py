@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Prints the README's results table from the last `cargo bench --bench compare` run.
+"""Prints BENCHMARKS.md's results table from the last `cargo bench --bench compare` run.
 
 Reads criterion's estimates (median, ns per call) under target/criterion and pairs each
 tollgate benchmark with its governor counterpart measured in the same run.

@@ -211,7 +211,7 @@ impl<C: Clock> TokenBucket<C> {
         }
     }
 
-    /// Undoes a take of `n` tokens that `taken` granted under node `node` (SPEC §2, undo
+    /// Undoes a take of `n` tokens that `taken` granted under node `node` ([contract §2](crate::contract::bucket), undo
     /// versus refund): the bucket ends with at most what it would hold had the take never
     /// happened (see `state::undo`). Under a limit changed since the take, nothing comes back
     /// (the conversion may have capped the difference already).
@@ -308,31 +308,6 @@ impl<C: Clock> TokenBucket<C> {
     /// ```
     pub fn reset(&self) -> Decision {
         self.update(0, |s, w, k, _| state::reset(s, w, k))
-    }
-
-    /// Takes `n` tokens as a [`Reservation`](crate::Reservation): keep it (drop it) and the
-    /// tokens stay spent; [`cancel`](crate::Reservation::cancel) it and they come back.
-    ///
-    /// ```
-    /// use tollgate::{Limit, TokenBucket};
-    /// let bucket = TokenBucket::new(Limit::per_hour(10)?);
-    /// let r = bucket.reserve(4).unwrap();
-    /// assert_eq!(r.decision().remaining(), 6);
-    /// r.cancel(); // the work was not needed after all
-    /// assert_eq!(bucket.snapshot().remaining(), 10);
-    /// # Ok::<(), tollgate::LimitError>(())
-    /// ```
-    ///
-    /// # Errors
-    /// [`ReserveError::Denied`](crate::ReserveError::Denied) with the denial when the tokens are
-    /// not there; [`ReserveError::InsufficientCapacity`](crate::ReserveError::InsufficientCapacity)
-    /// when `n` exceeds the capacity.
-    pub fn reserve(&self, n: u64) -> Result<crate::Reservation<'_, C>, crate::ReserveError> {
-        let (d, node) = self.take_tracked(n)?;
-        if d.is_denied() {
-            return Err(crate::ReserveError::Denied(d));
-        }
-        Ok(crate::Reservation::new(self, n, d, node))
     }
 
     fn update(
@@ -438,7 +413,7 @@ impl<C: Clock> std::fmt::Debug for TokenBucket<C> {
 
 #[cfg(test)]
 mod tests {
-    /// The size `set_limit`'s docs and the README give for a replaced limit.
+    /// The size `set_limit`'s docs (and docs/ARCHITECTURE.md) give for a replaced limit.
     #[test]
     fn a_replaced_limit_costs_at_most_384_bytes() {
         assert!(std::mem::size_of::<super::Node>() <= 384);

@@ -46,11 +46,11 @@ pub trait Clock: Send + Sync {
 
 /// The clock used when none is given: [`CoarseClock`].
 ///
-/// Chosen from `cargo bench --bench core` and `cargo bench --bench compare` (README, "Choosing
-/// the clock"). On the 2-core reference VM a precise read costs about 19 ns and, because it
+/// Chosen from `cargo bench --bench core` and `cargo bench --bench compare` (measured numbers in
+/// the repository's BENCHMARKS.md). A precise read costs several times a load and, because it
 /// orders the instructions around it, it also exposes the latency of everything that follows:
-/// an allowed call costs about 40 ns on the precise clock and 15 ns on the coarse one, and a
-/// keyed hit among 100,000 keys about 150 ns against 65 ns. The coarse clock lags real time by
+/// an allowed call, and a keyed hit, cost about twice as much on the precise clock as on the
+/// coarse one. The coarse clock lags real time by
 /// up to about a millisecond, which only makes decisions stricter; waits are exact to that
 /// resolution (a client that sleeps `retry_after` may need one more millisecond). Use
 /// [`MonotonicClock`] for nanosecond-exact waits.
@@ -193,7 +193,7 @@ fn wake_upkeep() {
 /// The first `CoarseClock::new` in a process starts the thread (named `tollgate-upkeep`); later
 /// ones share it. After about a second in which nobody reads the clock, the thread parks: an
 /// idle process pays nothing for it (measured: `cargo run --release --example idle_clock`). The
-/// next read finds it parked, reads the precise clock itself (about 20 ns more, once), stores
+/// next read finds it parked, reads the precise clock itself (once), stores
 /// that time and wakes the thread; no reading is ever earlier than one handed out before, and
 /// no reader waits for the thread. It does not take quanta's one-per-process upkeep slot, so it
 /// coexists with another library's quanta upkeep thread (no `UpkeepRunning` conflict either
@@ -203,17 +203,17 @@ fn wake_upkeep() {
 /// limiter on this clock sees refills a little late, so its decisions can only be stricter,
 /// and its waits are exact to the clock's resolution (about a millisecond).
 ///
-/// | clock | a read (2-core VM) | resolution | idle cost |
+/// | clock | a read | resolution | idle cost |
 /// |---|---|---|---|
-/// | `CoarseClock` (default) | one load (0.69 ns) | 1 ms | none after ~1 s (the thread parks) |
-/// | the same thread never parking (before 0.1) | one load (0.57 ns) | 1 ms | 1,000 wakeups a second, ~2.7% of a core |
-/// | the OS coarse clock (`CLOCK_MONOTONIC_COARSE`, vDSO) | 3.1 ns | the kernel tick (4 ms here) | none |
-/// | [`MonotonicClock`] | 9.7 ns | 1 ns | none |
+/// | `CoarseClock` (default) | one load | 1 ms | none after ~1 s (the thread parks) |
+/// | the same thread never parking (before 0.1) | one load | 1 ms | 1,000 wakeups a second |
+/// | the OS coarse clock (`CLOCK_MONOTONIC_COARSE`, vDSO) | a vDSO call | the kernel tick | none |
+/// | [`MonotonicClock`] | a vDSO call and a fence | 1 ns | none |
 ///
-/// Figures from one run of `cargo bench --bench clocks` and `cargo run --release --example
-/// idle_clock` (README, "Choosing the clock"). The default stays a stored time read with one
+/// Measured costs: `cargo bench --bench clocks` and `cargo run --release --example
+/// idle_clock`, with the numbers in BENCHMARKS.md. The default stays a stored time read with one
 /// load: it keeps the hot path at its speed and a 1 ms resolution, and parking removes its one
-/// cost; the OS coarse clock costs several times more per read at a quarter of the resolution.
+/// cost; the OS coarse clock costs several times more per read at a coarser resolution.
 ///
 /// ```
 /// use tollgate::{Clock, CoarseClock};

@@ -1,4 +1,4 @@
-//! The answer to every call: allowed or not, and the numbers a client needs (SPEC §2).
+//! The answer to every call: allowed or not, and the numbers a client needs ([contract §2](crate::contract::bucket)).
 
 use std::fmt;
 use std::time::Duration;

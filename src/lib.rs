@@ -34,8 +34,32 @@
 //!
 //! Concurrent calls are linearizable: every history equals some sequential order of the same
 //! calls (checked with loom, `tests/loom.rs`).
+//!
+//! What every part of the crate promises, precisely, is the [`contract`]: a
+//! [limit](contract::limit), [one bucket](contract::bucket), [keyed buckets](contract::keyed),
+//! [Redis](contract::redis) and [HTTP](contract::http).
 
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// The README's examples, compiled and run as doctests (they use every feature).
+#[cfg(all(doctest, feature = "http", feature = "redis"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
+
+#[doc = include_str!("../docs/contract/index.md")]
+pub mod contract {
+    #[doc = include_str!("../docs/contract/limit.md")]
+    pub mod limit {}
+    #[doc = include_str!("../docs/contract/bucket.md")]
+    pub mod bucket {}
+    #[doc = include_str!("../docs/contract/keyed.md")]
+    pub mod keyed {}
+    #[doc = include_str!("../docs/contract/redis.md")]
+    pub mod redis {}
+    #[doc = include_str!("../docs/contract/http.md")]
+    pub mod http {}
+}
 
 mod bucket;
 mod cell;

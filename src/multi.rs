@@ -29,7 +29,7 @@ impl MultiDecision {
 /// Runs one all-or-nothing call over `n_limits` limits: first a `peek(i, n)` at every limit (a
 /// denial there consumes nothing, and is the common case under a flood); then a take from each
 /// in order. A take that fails after its peek passed (another caller got there first, or the
-/// limit was changed meanwhile) *undoes* what this call took before it (SPEC §2: never more
+/// limit was changed meanwhile) *undoes* what this call took before it ([contract §2](crate::contract::bucket): never more
 /// back than the history without those takes would hold), and the call is denied by that
 /// limit (or fails, for a capacity now below `n`). `acquire` returns the decision and where it
 /// was made (a bucket's limit node, a key's limit slot), which `undo` gets back.
@@ -213,7 +213,7 @@ impl<K: Hash + Eq, S: BuildHasher> MultiKeyedLimiter<K, S> {
         all_or_nothing(
             self.limiters.len(),
             n,
-            // SPEC's exact peek (it records a new key's bucket, whose mark later stale readings
+            // the contract's exact peek (it records a new key's bucket, whose mark later stale readings
             // must see), counted in the stats only as a denial.
             |i, n| self.limiters[i].peek_for(key, n),
             |i, n| self.limiters[i].take_key_tracked(key, n),

@@ -6,6 +6,34 @@ use crate::clock::Clock;
 use crate::decision::{Decision, InsufficientCapacity};
 use crate::TokenBucket;
 
+/// Reservations on a bucket.
+impl<C: Clock> TokenBucket<C> {
+    /// Takes `n` tokens as a [`Reservation`](crate::Reservation): keep it (drop it) and the
+    /// tokens stay spent; [`cancel`](crate::Reservation::cancel) it and they come back.
+    ///
+    /// ```
+    /// use tollgate::{Limit, TokenBucket};
+    /// let bucket = TokenBucket::new(Limit::per_hour(10)?);
+    /// let r = bucket.reserve(4).unwrap();
+    /// assert_eq!(r.decision().remaining(), 6);
+    /// r.cancel(); // the work was not needed after all
+    /// assert_eq!(bucket.snapshot().remaining(), 10);
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`ReserveError::Denied`](crate::ReserveError::Denied) with the denial when the tokens are
+    /// not there; [`ReserveError::InsufficientCapacity`](crate::ReserveError::InsufficientCapacity)
+    /// when `n` exceeds the capacity.
+    pub fn reserve(&self, n: u64) -> Result<Reservation<'_, C>, ReserveError> {
+        let (d, node) = self.take_tracked(n)?;
+        if d.is_denied() {
+            return Err(ReserveError::Denied(d));
+        }
+        Ok(Reservation::new(self, n, d, node))
+    }
+}
+
 /// Tokens taken by [`TokenBucket::reserve`]. Dropping it keeps them spent;
 /// [`cancel`](Reservation::cancel) gives them back.
 #[must_use = "dropping a reservation keeps its tokens spent; call cancel() to give them back"]

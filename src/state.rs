@@ -19,12 +19,12 @@ pub(crate) struct Outcome {
     pub(crate) write: Option<u64>,
 }
 
-/// SPEC §2 for one call: refill `word` to step `k`, then try to take `n` tokens
+/// [contract §2](crate::contract::bucket) for one call: refill `word` to step `k`, then try to take `n` tokens
 /// (`n <= C`, checked by the caller).
 ///
 /// The word to store is returned only when it changes: when tokens are taken, or when the call
 /// is the first to see a new refill step (the mark must move, or a later stale reading would
-/// refill from an older mark than SPEC's). A denial or a peek within an already recorded step
+/// refill from an older mark than the contract's). A denial or a peek within an already recorded step
 /// writes nothing, so a flood of denials writes at most once per step.
 #[inline(always)]
 pub(crate) fn step(s: &Steps, word: u64, k: u64, n: u64) -> Outcome {
@@ -70,7 +70,7 @@ pub(crate) fn add(s: &Steps, word: u64, k: u64, n: u64) -> Outcome {
 }
 
 /// Refill `word` to step `k`, then *undo* a take of `n` tokens whose call left the mark at
-/// `taken_mark` (SPEC §2, undo versus refund): afterwards the bucket holds at most what it
+/// `taken_mark` ([contract §2](crate::contract::bucket), undo versus refund): afterwards the bucket holds at most what it
 /// would hold had the take never happened.
 ///
 /// Had the take not happened, the bucket would hold `δ <= n` more tokens, and every refill
@@ -145,7 +145,6 @@ pub(crate) fn convert_word(old: &Steps, word: u64, t: u64, new: &Steps, inherit:
 mod tests {
     use super::*;
 
-
     #[test]
     fn denial_and_peek_write_nothing() {
         let s = Steps::new(3, 1, 1, 10);
@@ -185,7 +184,7 @@ mod tests {
 
     #[test]
     fn undo_never_resurrects_a_capped_refill() {
-        // SPEC §2's case: C = 1, q = 1. A take at step 0 empties the bucket (mark 0).
+        // contract §2's case: C = 1, q = 1. A take at step 0 empties the bucket (mark 0).
         let s = Steps::new(1, 1, 1, 10);
         let taken = step(&s, s.full(0), 0, 1);
         let after_take = taken.write.unwrap();

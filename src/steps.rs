@@ -32,7 +32,7 @@
 //! `2^(M-1)` steps is therefore never read as more elapsed time than really passed: a wrap can
 //! only under-refill, never over-admit. Limits are rejected when their horizon is shorter than
 //! [`MIN_HORIZON`](crate::limit::MIN_HORIZON); typical limits have horizons of centuries
-//! (e.g. 2^55 steps of 1 ms for capacity 100 in interval mode).
+//! (e.g. 2^56 steps of 1 ms for capacity 100 in interval mode).
 
 /// The word of a removed (evicted) bucket. Never a valid state: its token field exceeds any
 /// capacity.

@@ -1,4 +1,4 @@
-//! SPEC §1–2 rule by rule, and the edges: capacity 1, the largest capacity, R = C, the
+//! contract §1–2 rule by rule, and the edges: capacity 1, the largest capacity, R = C, the
 //! shortest and longest intervals, the wrap horizon.
 #![cfg(not(loom))]
 
@@ -224,9 +224,9 @@ fn rejects_bad_limits_without_panicking() {
     assert!(Limit::per_hour(1).unwrap().burst(0).is_err());
 }
 
-/// The horizons the README gives as examples.
+/// The horizons docs/ARCHITECTURE.md gives as examples.
 #[test]
-fn readme_horizon_examples() {
+fn documented_horizon_examples() {
     let ms = Duration::from_millis(1);
     // Capacity 100: 7 token bits, a 57-bit mark, a horizon of 2^56 steps of 1 ms, beyond what
     // a horizon in nanoseconds can say (it saturates at u64::MAX ns).

@@ -1,4 +1,4 @@
-//! SPEC §5, client IP behind proxies, as a property: over any mix of `Forwarded` and
+//! contract §5, client IP behind proxies, as a property: over any mix of `Forwarded` and
 //! `X-Forwarded-For` lines, peers and trusted sets, the key is the rightmost untrusted hop of
 //! the one named header, or the peer when it is not trusted; the other header never matters.
 #![cfg(all(feature = "http", not(loom)))]
@@ -45,7 +45,7 @@ fn hop() -> impl Strategy<Value = Hop> {
     ]
 }
 
-/// The oracle: SPEC §5 by the letter.
+/// The oracle: contract §5 by the letter.
 fn expected(peer: &Hop, named: &[Vec<Hop>]) -> Option<IpAddr> {
     let peer_ip = peer.ip().expect("peers are addresses");
     if matches!(peer, Hop::Untrusted(_)) {

@@ -292,7 +292,7 @@ mod keyed {
         });
     }
 
-    /// SPEC §3, a stale reading racing eviction: a call reads the clock at 0, when key 1 was
+    /// contract §3, a stale reading racing eviction: a call reads the clock at 0, when key 1 was
     /// just drained (capacity 1), and may be preempted while the clock moves 10 s on and the
     /// key's full, idle bucket is evicted. A never-evicting limiter has one token for that call
     /// and a call at 10 s together; a bucket recreated at the stale step would give two.
@@ -415,7 +415,7 @@ mod keyed {
     }
 }
 
-/// SPEC §2, a multi-limit rollback across a refill. Limit 0: 1 per second (C = 1); limit 1:
+/// contract §2, a multi-limit rollback across a refill. Limit 0: 1 per second (C = 1); limit 1:
 /// 1 per hour. X takes from both or neither; T takes limit 1's token; Z moves the clock one
 /// step on and takes from limit 0. Z and W (after all) both run in step 1, in which limit 0
 /// has at most one token whatever X did: they are never both granted.

@@ -96,7 +96,7 @@ impl Control {
 
 const US: Duration = Duration::from_micros(1);
 
-/// SPEC §3, a stale reading racing eviction. Capacity 10, one token per µs, one shard. Key 7
+/// contract §3, a stale reading racing eviction. Capacity 10, one token per µs, one shard. Key 7
 /// is drained at 10.5 µs (mark 10). Call A reads the clock at 10.5 µs and is preempted; at
 /// 22 µs the bucket, full since step 20, is evicted; A resumes and misses. A never-evicting
 /// limiter has at most 10 tokens for A and a call at 22 µs together (A's stale reading sees
@@ -147,7 +147,7 @@ fn stale_reading_racing_eviction_default_ttl() {
     stale_reading_racing_eviction(None, Duration::from_secs(3));
 }
 
-/// SPEC §2, undo versus refund, on `MultiBucket`. Limit 0: 1 per second (C = 1); limit 1: 1 per
+/// contract §2, undo versus refund, on `MultiBucket`. Limit 0: 1 per second (C = 1); limit 1: 1 per
 /// hour. X peeks both, takes limit 0's token at 0.5 s and pauses before its take on limit 1.
 /// Someone takes limit 1's token; at 1.5 s Z takes limit 0's step-1 refill. X's take on limit 1
 /// is denied and it rolls limit 0 back. W, at 1.5 s, must be denied: without X's take the

@@ -1,5 +1,5 @@
 //! Threads acquire while another thread moves a `ManualClock` one step at a time: the tokens
-//! granted never exceed `C + q * steps` (SPEC §2), counted exactly.
+//! granted never exceed `C + q * steps` (contract §2), counted exactly.
 #![cfg(not(loom))]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -91,7 +91,7 @@ fn granted_never_exceeds_capacity_plus_refills() {
     );
 }
 
-/// A user's path for the multi-limit undo (SPEC §2): real threads on the default clock, two
+/// A user's path for the multi-limit undo (contract §2): real threads on the default clock, two
 /// limits on four keys for about two seconds, rollbacks happening whenever the second limit
 /// denies after the first granted. Per key, the calls granted never exceed either limit's
 /// `C + q * (steps in the window + 1)`, the window measured from before the limiters were built

@@ -1,4 +1,4 @@
-//! The response headers of SPEC §5: `RateLimit-Policy`, `RateLimit` (IETF
+//! The response headers of [contract §5](crate::contract::http): `RateLimit-Policy`, `RateLimit` (IETF
 //! draft-ietf-httpapi-ratelimit-headers-10, Structured Fields per RFC 9651), the legacy
 //! `X-RateLimit-*` trio, `Retry-After`, and the RFC 9457 problem body.
 
@@ -108,7 +108,7 @@ impl Headers {
     /// `RateLimit` and `RateLimit-Policy` are Structured Fields lists, one member per policy:
     /// this layer's member is appended (as a field line of its own, which recipients combine
     /// into one list), so layers stacked by the user keep each other's members, the innermost
-    /// first (SPEC §5; give stacked layers distinct policy names). The legacy `X-RateLimit-*`
+    /// first ([contract §5](crate::contract::http); give stacked layers distinct policy names). The legacy `X-RateLimit-*`
     /// fields hold one value: the innermost layer's stays.
     pub(crate) fn apply(&self, decision: &Decision, headers: &mut HeaderMap) {
         if self.style == HeaderStyle::None || decision.is_degraded() {

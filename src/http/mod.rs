@@ -1,5 +1,5 @@
 //! HTTP rate limiting as a [tower] layer (feature `http`): for axum, hyper, tonic and anything
-//! else built on `tower::Service<http::Request<B>>` (SPEC §5).
+//! else built on `tower::Service<http::Request<B>>` ([contract §5](crate::contract::http)).
 //!
 //! ```
 //! use tollgate::http::{Key, KeyExtractor, RateLimitLayer};
@@ -33,6 +33,7 @@ mod backend;
 mod body;
 mod headers;
 mod key;
+mod proxies;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -49,9 +50,8 @@ use tower_service::Service;
 pub use backend::{Backend, Verdict};
 pub use body::ResponseBody;
 pub use headers::{HeaderStyle, PolicyNameError};
-pub use key::{
-    CidrError, ForwardedHeader, Key, KeyExtractor, PeerAddr, RequestInfo, TrustedProxies,
-};
+pub use key::{Key, KeyExtractor, PeerAddr, RequestInfo};
+pub use proxies::{CidrError, ForwardedHeader, TrustedProxies};
 
 use headers::Headers;
 
@@ -517,7 +517,7 @@ where
 }
 
 /// A denial the backend's failure policy made (Redis unreachable, `FailClosed`), or a backend
-/// error under [`OnBackendError::FailClosed`]: not a quota verdict (SPEC §4), so not a 429 with
+/// error under [`OnBackendError::FailClosed`]: not a quota verdict ([contract §4](crate::contract::redis)), so not a 429 with
 /// a wait derived from an imagined empty bucket, but a 503 with a short `Retry-After` of 1 s,
 /// and no rate-limit headers.
 fn degraded_denial() -> Response<Bytes> {

@@ -60,7 +60,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        // A reading taken now, after the miss (SPEC §3, stale readings). The caller's `now` may
+        // A reading taken now, after the miss (contract §3, stale readings). The caller's `now` may
         // be from before a sweep that evicted this key's bucket (the call was preempted between
         // its clock read and its lookup); a fresh bucket at that old step would refill again
         // steps the evicted one had already refilled. The sweep read its clock before its

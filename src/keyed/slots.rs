@@ -180,7 +180,7 @@ impl<K, S> KeyedLimiter<K, S> {
 
     /// Replaces tier `tier`'s limit while calls go on, atomically per key: every call on a key
     /// is decided wholly under the old limit or wholly under the new one, and each bucket's
-    /// tokens carry over as `inherit` says, as if [`TokenBucket::set_limit`] had been called on
+    /// tokens carry over as `inherit` says, as if [`TokenBucket::set_limit`](crate::TokenBucket::set_limit) had been called on
     /// every bucket of the tier at once. Refills under the new limit count from the step of
     /// this call.
     ///

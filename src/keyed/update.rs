@@ -13,7 +13,7 @@ use crate::state::{self, Outcome};
 use crate::steps::Steps;
 
 impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
-    /// Undoes a take of `n` tokens from `key` that `taken` granted under slot `slot` (SPEC §2,
+    /// Undoes a take of `n` tokens from `key` that `taken` granted under slot `slot` ([contract §2](crate::contract::bucket),
     /// undo versus refund; see `state::undo`). Under a slot no longer the key's (its limit
     /// changed since), or for a take the key cap answered, nothing comes back. A key whose
     /// bucket was evicted since was full meanwhile, so the undo's count of refill steps gives
@@ -32,7 +32,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     /// `key`'s bucket as it is now, consuming nothing and creating nothing (a key without a
     /// bucket is full). Because nothing is stored for a new key, a later call whose clock reads
     /// earlier than this one (a stale reading) sees a fresh bucket marked at its own step; for
-    /// SPEC's exact peek, which records the new bucket, use `try_acquire_key(key, 0)`. The same
+    /// the contract's exact peek, which records the new bucket, use `try_acquire_key(key, 0)`. The same
     /// holds for `refund_key`, `add_tokens_key` and `reset_key` on a key without a bucket.
     ///
     /// ```

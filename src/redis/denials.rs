@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 /// A denial Redis made: the state it reported, until when it holds, for how many tokens. Times
-/// are the server's (SPEC §4: client clocks do not matter): the server's time of the denial,
+/// are the server's ([contract §4](crate::contract::redis): client clocks do not matter): the server's time of the denial,
 /// advanced by this process's monotonic clock since.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Denied {

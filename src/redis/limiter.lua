@@ -1,4 +1,4 @@
--- tollgate: refill + acquire for one token bucket, atomically (SPEC §2 and §4).
+-- tollgate: refill + acquire for one token bucket, atomically (contract §2 and §4).
 --
 -- KEYS[1]  the bucket's key (the script touches no other key: it runs on Redis Cluster)
 -- ARGV[1]  C   capacity                      (<= 2^32)

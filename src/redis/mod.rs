@@ -1,5 +1,5 @@
 //! Distributed limits on Redis (feature `redis`): the same bucket and the same decisions,
-//! shared by many processes through one Redis key per user key (SPEC §4).
+//! shared by many processes through one Redis key per user key ([contract §4](crate::contract::redis)).
 //!
 //! One Lua script ([`SCRIPT`]) does refill and acquire atomically on the server, in one round
 //! trip (`EVALSHA`; a `NOSCRIPT` answer reloads it). Time is the server's `TIME`, so clients'

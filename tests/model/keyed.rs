@@ -1,5 +1,5 @@
 //! The keyed trace runner: an evicting keyed limiter against per-key models that never evict
-//! (SPEC §3), with live limit changes on its two tiers. Shared by `tests/keyed.rs` and the
+//! (contract §3), with live limit changes on its two tiers. Shared by `tests/model_keyed.rs` and the
 //! `keyed_vs_model` fuzz target.
 
 use std::collections::HashMap;
@@ -17,7 +17,7 @@ pub enum KOp {
     Rewind(u64),
     Acquire(u8, u64),
     /// `try_acquire_key(key, n)` whose first clock reading is stale by `behind % (64 steps)`,
-    /// at least 1 ns (a call preempted after it read the clock, SPEC §3): it must decide as the
+    /// at least 1 ns (a call preempted after it read the clock, contract §3): it must decide as the
     /// never-evicting model does at that reading, or at a later one (a first touch reads the
     /// clock again after its miss).
     Stale(u8, u64, u64),

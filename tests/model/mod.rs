@@ -1,4 +1,4 @@
-//! The plain reference model of SPEC §2: one bucket, simple integer code, no atomics, no
+//! The plain reference model of contract §2: one bucket, simple integer code, no atomics, no
 //! packing, no wrap, no precomputation. Shared by the tests and the fuzz targets (included with
 //! `#[path]`), so there is one model.
 
@@ -6,7 +6,7 @@
 
 pub mod keyed;
 
-/// One decision, with every field of SPEC §2 (waits in nanoseconds).
+/// One decision, with every field of contract §2 (waits in nanoseconds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ModelDecision {
     pub allowed: bool,
@@ -17,7 +17,7 @@ pub struct ModelDecision {
     pub next_refill_after: u64,
 }
 
-/// One bucket by the letter of SPEC §2.
+/// One bucket by the letter of contract §2.
 #[derive(Clone, Debug)]
 pub struct Model {
     cap: u64,
@@ -164,7 +164,7 @@ impl Model {
         }
     }
 
-    /// Sets the tokens (after an undo, whose exact amount SPEC §2 bounds but does not fix).
+    /// Sets the tokens (after an undo, whose exact amount contract §2 bounds but does not fix).
     pub fn set_tokens(&mut self, tokens: u64) {
         self.tokens = tokens;
     }
@@ -193,7 +193,7 @@ pub enum Op {
     Acquire(u64),
     /// `reserve(n)` (a reservation still held is dropped first: its tokens stay spent).
     Reserve(u64),
-    /// `cancel()` the reservation held, if any: an undo (SPEC §2).
+    /// `cancel()` the reservation held, if any: an undo (contract §2).
     Cancel,
     /// `set_limit` to these numbers (skipped when `Limit` rejects them) with policy
     /// `inherit % 3` (keep, proportional, reset).
@@ -241,7 +241,7 @@ pub fn check_trace(cap: u64, amount: u64, interval_ns: u64, greedy: bool, ops: &
     let mut seen = TRACE_START;
     let mut compared = 0;
     // The reservation held, and a model of the history without its take: every other call
-    // replayed with the outcome it had. SPEC §2 bounds an undo by that history as long as no
+    // replayed with the outcome it had. contract §2 bounds an undo by that history as long as no
     // explicit grant (here: a same-limit `Reset`, which is a `reset()`) came in between; after
     // one, the undo may return tokens the grant already covered (both are explicit), and only
     // the capacity bounds it.
@@ -303,7 +303,7 @@ pub fn check_trace(cap: u64, amount: u64, interval_ns: u64, greedy: bool, ops: &
                 let d = r.cancel();
                 let _ = model.acquire(t, 0);
                 without.replay(t, 0, false);
-                // SPEC §2: an undo gives back at most what the history without the take holds,
+                // contract §2: an undo gives back at most what the history without the take holds,
                 // and takes nothing.
                 let most = if granted_since {
                     without.params().0

@@ -1,5 +1,5 @@
 //! Differential test: random limits and random traces through the bucket and the reference
-//! model (SPEC §2), every decision field equal, call for call.
+//! model (contract §2), every decision field equal, call for call.
 #![cfg(not(loom))]
 
 mod model;

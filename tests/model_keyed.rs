@@ -1,4 +1,4 @@
-//! The keyed limiter against SPEC §3: decisions identical to a per-key model that never
+//! The keyed limiter against contract §3: decisions identical to a per-key model that never
 //! evicts, one bucket per first touch under races, and the key cap under a flood.
 #![cfg(not(loom))]
 
