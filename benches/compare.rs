@@ -136,7 +136,7 @@ fn direct(c: &mut Criterion) {
 fn tg_keyed<C: Clock + 'static>(n: u64, clock: C) -> KeyedLimiter<u64> {
     let limiter = KeyedLimiter::builder(tg_open()).clock(clock).build();
     for k in 0..n {
-        limiter.check_key(&k);
+        let _ = limiter.check_key(&k);
     }
     limiter
 }
@@ -186,7 +186,7 @@ fn keyed_new_key(c: &mut Criterion) {
             let limiter: KeyedLimiter<u64> = KeyedLimiter::new(tg_open());
             let start = Instant::now();
             for k in 0..iters {
-                black_box(limiter.check_key(&k));
+                let _ = black_box(limiter.check_key(&k));
             }
             let t = start.elapsed();
             drop(limiter);
@@ -238,7 +238,7 @@ fn contended(c: &mut Criterion) {
     g.bench_function("direct/tollgate-default", |b| {
         b.iter_custom(|iters| {
             two_threads(iters, |_, _| {
-                black_box(tg.check());
+                let _ = black_box(tg.check());
             })
         })
     });
@@ -259,7 +259,7 @@ fn contended(c: &mut Criterion) {
     g.bench_function("keyed-100000/tollgate-default", |b| {
         b.iter_custom(|iters| {
             two_threads(iters, |t, i| {
-                black_box(tg.check_key(&orders[t][(i % n) as usize]));
+                let _ = black_box(tg.check_key(&orders[t][(i % n) as usize]));
             })
         })
     });

@@ -35,7 +35,7 @@ fn main() {
         .clock(ManualClock::new())
         .build();
     for k in 0..KEYS {
-        tg.check_key(&k);
+        let _ = tg.check_key(&k);
     }
     let tg_bytes = live() - before;
     assert_eq!(tg.len() as u64, KEYS, "every key held");
@@ -68,9 +68,9 @@ fn main() {
         .build();
     for i in 0..STREAM {
         clock.advance(Duration::from_micros(1));
-        tg.check_key(&i);
+        let _ = tg.check_key(&i);
         if i >= ACTIVE / 2 {
-            tg.check_key(&(i - ACTIVE / 2));
+            let _ = tg.check_key(&(i - ACTIVE / 2));
         }
     }
     let tg_peak = counting::peak() - base;

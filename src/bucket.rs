@@ -257,7 +257,7 @@ impl<C: Clock> TokenBucket<C> {
     /// ```
     /// use tollgate::{Limit, TokenBucket};
     /// let bucket = TokenBucket::new(Limit::per_minute(10)?);
-    /// bucket.try_acquire(4).unwrap();
+    /// let _ = bucket.try_acquire(4).unwrap();
     /// assert_eq!(bucket.snapshot().remaining(), 6);
     /// # Ok::<(), tollgate::LimitError>(())
     /// ```
@@ -275,7 +275,7 @@ impl<C: Clock> TokenBucket<C> {
     /// ```
     /// use tollgate::{Limit, TokenBucket};
     /// let bucket = TokenBucket::new(Limit::per_hour(10)?);
-    /// bucket.try_acquire(5).unwrap();
+    /// let _ = bucket.try_acquire(5).unwrap();
     /// assert_eq!(bucket.refund(2).remaining(), 7);
     /// assert_eq!(bucket.refund(100).remaining(), 10); // never above the capacity
     /// # Ok::<(), tollgate::LimitError>(())
@@ -289,7 +289,7 @@ impl<C: Clock> TokenBucket<C> {
     /// ```
     /// use tollgate::{Limit, TokenBucket};
     /// let bucket = TokenBucket::new(Limit::per_hour(3)?);
-    /// bucket.try_acquire(3).unwrap();
+    /// let _ = bucket.try_acquire(3).unwrap();
     /// assert_eq!(bucket.add_tokens(1).remaining(), 1);
     /// # Ok::<(), tollgate::LimitError>(())
     /// ```
@@ -302,7 +302,7 @@ impl<C: Clock> TokenBucket<C> {
     /// ```
     /// use tollgate::{Limit, TokenBucket};
     /// let bucket = TokenBucket::new(Limit::per_hour(3)?);
-    /// bucket.try_acquire(3).unwrap();
+    /// let _ = bucket.try_acquire(3).unwrap();
     /// assert_eq!(bucket.reset().remaining(), 3);
     /// # Ok::<(), tollgate::LimitError>(())
     /// ```
@@ -338,7 +338,7 @@ impl<C: Clock> TokenBucket<C> {
     /// ```
     /// use tollgate::{Inherit, Limit, TokenBucket};
     /// let bucket = TokenBucket::new(Limit::per_hour(10)?);
-    /// bucket.try_acquire(4).unwrap();
+    /// let _ = bucket.try_acquire(4).unwrap();
     /// let d = bucket.set_limit(Limit::per_hour(100)?, Inherit::Proportional).unwrap();
     /// assert_eq!(d.remaining(), 60);
     /// assert_eq!(bucket.limit().capacity(), 100);

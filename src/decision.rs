@@ -21,14 +21,26 @@ use crate::steps::{Rate, Steps};
 /// assert!(bucket.check().is_allowed());
 /// let d = bucket.check();
 /// assert!(!d.is_allowed());
-/// assert_eq!(d.limit(), 2);
+/// assert_eq!(d.capacity(), 2);
 /// assert_eq!(d.remaining(), 0);
 /// assert_eq!(d.retry_after(), Duration::from_secs(1));
 /// assert_eq!(d.reset_after(), Duration::from_secs(2));
 /// assert_eq!(d.next_refill_after(), Duration::from_secs(1));
 /// # Ok::<(), tollgate::LimitError>(())
 /// ```
+///
+/// A decision is `#[must_use]`: a call whose answer is ignored spent its tokens without
+/// looking, so the compiler says so.
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// use tollgate::{Limit, TokenBucket};
+/// let bucket = TokenBucket::new(Limit::per_second(1).unwrap());
+/// bucket.check(); // error: unused `Decision` that must be used
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[must_use = "a decision says whether the call was allowed: `bucket.check();` alone spends a token \
+              without looking"]
 pub struct Decision {
     allowed: bool,
     tokens: u64,
@@ -124,10 +136,18 @@ impl Decision {
         !self.allowed
     }
 
-    /// The bucket's capacity C.
+    /// The bucket's capacity C (the `q` of `RateLimit-Policy`).
+    #[inline]
+    pub fn capacity(&self) -> u64 {
+        self.rate.cap
+    }
+
+    /// The bucket's capacity C: renamed [`capacity`](Decision::capacity), since `limit` names a
+    /// [`Limit`](crate::Limit) everywhere else.
+    #[deprecated(since = "0.1.0", note = "renamed `capacity`")]
     #[inline]
     pub fn limit(&self) -> u64 {
-        self.rate.cap
+        self.capacity()
     }
 
     /// Tokens left after this call.
@@ -177,7 +197,7 @@ impl fmt::Debug for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Decision")
             .field("allowed", &self.allowed)
-            .field("limit", &self.limit())
+            .field("capacity", &self.capacity())
             .field("remaining", &self.tokens)
             .field("retry_after", &self.retry_after())
             .field("reset_after", &self.reset_after())

@@ -25,6 +25,7 @@ pub const MIN_HORIZON: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// How tokens come back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Refill {
     /// `refill_amount` whole tokens arrive at the end of every whole `refill_interval`.
     Interval,
@@ -35,6 +36,7 @@ pub enum Refill {
 
 /// Which number of a limit was rejected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum LimitField {
     /// The capacity (burst size).
     Capacity,
@@ -419,6 +421,7 @@ fn horizon_of(s: &Steps) -> Duration {
 
 /// What a bucket's tokens become when its limit is replaced.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Inherit {
     /// The same number of tokens, capped at the new capacity. The default.
     #[default]

@@ -11,12 +11,13 @@ use crate::{KeyHasher, KeyedLimiter, TokenBucket};
 
 /// The outcome of a call under several limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "a decision says whether the call was allowed"]
 pub struct MultiDecision {
     /// For a denial, the decision of the first limit that denied; for a grant, the decision of
     /// the limit with the fewest tokens left (the one that will deny first).
     pub decision: Decision,
     /// The index (in the order given) of the limit `decision` comes from.
-    pub limit: usize,
+    pub index: usize,
 }
 
 impl MultiDecision {
@@ -42,17 +43,17 @@ fn all_or_nothing(
 ) -> Result<MultiDecision, InsufficientCapacity> {
     for i in 0..n_limits {
         let peek = peek(i, n)?;
-        if n > peek.limit() {
+        if n > peek.capacity() {
             return Err(InsufficientCapacity {
                 requested: n,
-                capacity: peek.limit(),
+                capacity: peek.capacity(),
             });
         }
         if peek.remaining() < n {
             // Denied here, from the peek's state: nothing taken anywhere.
             return Ok(MultiDecision {
                 decision: peek.denied_for(n),
-                limit: i,
+                index: i,
             });
         }
     }
@@ -77,14 +78,14 @@ fn all_or_nothing(
         }
         let (decision, at) = taken?;
         if decision.is_denied() {
-            return Ok(MultiDecision { decision, limit: i });
+            return Ok(MultiDecision { decision, index: i });
         }
         match stack.get_mut(i) {
             Some(slot) => *slot = Some((decision, at)),
             None => heap.push((decision, at)),
         }
         if best.is_none_or(|b| decision.remaining() < b.decision.remaining()) {
-            best = Some(MultiDecision { decision, limit: i });
+            best = Some(MultiDecision { decision, index: i });
         }
     }
     // `n_limits >= 1` (the constructors take a first limit), so `best` is set.
@@ -104,16 +105,22 @@ fn all_or_nothing(
 /// }
 /// let d = limits.check();
 /// assert!(!d.is_allowed());
-/// assert_eq!(d.limit, 0); // the per-second limit denied
+/// assert_eq!(d.index, 0); // the per-second limit denied
 /// clock.advance(Duration::from_secs(1));
 /// assert!(limits.check().is_allowed());
 /// assert!(limits.check().is_allowed());
 /// let d = limits.check();
-/// assert_eq!(d.limit, 1); // now the hourly one
+/// assert_eq!(d.index, 1); // now the hourly one
 /// # Ok::<(), tollgate::LimitError>(())
 /// ```
 pub struct MultiBucket<C: Clock = DefaultClock> {
     buckets: Box<[TokenBucket<C>]>,
+}
+
+impl<C: Clock> std::fmt::Debug for MultiBucket<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.buckets.iter()).finish()
+    }
 }
 
 impl MultiBucket<DefaultClock> {
@@ -147,7 +154,7 @@ impl<C: Clock> MultiBucket<C> {
             |i, _| self.buckets[i].try_acquire(0),
             |i, n| self.buckets[i].take_tracked(n),
             |i, n, taken, node| {
-                self.buckets[i].undo(n, taken, node);
+                let _ = self.buckets[i].undo(n, taken, node);
             },
         )
     }
@@ -178,6 +185,12 @@ impl<C: Clock> MultiBucket<C> {
 /// ```
 pub struct MultiKeyedLimiter<K, S = KeyHasher> {
     limiters: Box<[KeyedLimiter<K, S>]>,
+}
+
+impl<K: Hash + Eq, S> std::fmt::Debug for MultiKeyedLimiter<K, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.limiters.iter()).finish()
+    }
 }
 
 impl<K: Hash + Eq> MultiKeyedLimiter<K, KeyHasher> {
@@ -218,7 +231,7 @@ impl<K: Hash + Eq, S: BuildHasher> MultiKeyedLimiter<K, S> {
             |i, n| self.limiters[i].peek_for(key, n),
             |i, n| self.limiters[i].take_key_tracked(key, n),
             |i, n, taken, slot| {
-                self.limiters[i].undo_key(key, n, taken, slot);
+                let _ = self.limiters[i].undo_key(key, n, taken, slot);
             },
         )
     }

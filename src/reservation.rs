@@ -103,6 +103,7 @@ impl<C: Clock> fmt::Debug for Reservation<'_, C> {
 
 /// Why [`TokenBucket::reserve`] gave no reservation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ReserveError {
     /// The tokens are not there now; the denial says when they will be.
     Denied(Decision),

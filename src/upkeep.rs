@@ -43,6 +43,7 @@ const MAX_TIME: u64 = u64::MAX >> SHIFT;
 pub(crate) const PARK_AFTER: u32 = 1_000;
 
 /// The upkeep word (see the module docs).
+#[derive(Debug)]
 pub(crate) struct Upkeep {
     word: AtomicU64,
 }
@@ -153,6 +154,7 @@ impl Upkeep {
 /// by hand. Not part of the API.
 #[cfg(loom)]
 #[doc(hidden)]
+#[derive(Debug)]
 pub struct LoomUpkeep(Upkeep);
 
 #[cfg(loom)]

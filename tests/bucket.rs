@@ -69,7 +69,7 @@ fn greedy_is_exact_without_drift() {
 fn peek_consumes_nothing() {
     let (b, _) = bucket(Limit::new(2, 1, S).unwrap());
     assert_eq!(b.try_acquire(0).unwrap().remaining(), 2);
-    b.try_acquire(2).unwrap();
+    let _ = b.try_acquire(2).unwrap();
     let d = b.try_acquire(0).unwrap();
     assert!(d.is_allowed());
     assert_eq!(d.remaining(), 0);
@@ -80,7 +80,7 @@ fn peek_consumes_nothing() {
 #[test]
 fn more_than_capacity_is_an_error_and_changes_nothing() {
     let (b, _) = bucket(Limit::new(5, 1, S).unwrap());
-    b.try_acquire(2).unwrap();
+    let _ = b.try_acquire(2).unwrap();
     let e = b.try_acquire(6).unwrap_err();
     assert_eq!((e.requested, e.capacity), (6, 5));
     assert!(b.try_acquire(u64::MAX).is_err());
@@ -90,7 +90,7 @@ fn more_than_capacity_is_an_error_and_changes_nothing() {
 #[test]
 fn denial_consumes_nothing() {
     let (b, _) = bucket(Limit::new(5, 1, S).unwrap());
-    b.try_acquire(3).unwrap();
+    let _ = b.try_acquire(3).unwrap();
     assert!(b.try_acquire(3).unwrap().is_denied());
     assert_eq!(b.try_acquire(2).unwrap().remaining(), 0);
 }
@@ -98,7 +98,7 @@ fn denial_consumes_nothing() {
 #[test]
 fn clock_going_back_changes_nothing() {
     let (b, clock) = bucket(Limit::new(4, 1, S).unwrap());
-    b.try_acquire(4).unwrap();
+    let _ = b.try_acquire(4).unwrap();
     clock.advance(2 * S);
     assert_eq!(b.try_acquire(0).unwrap().remaining(), 2);
     clock.rewind(10 * S); // before the epoch
@@ -139,7 +139,7 @@ fn largest_capacity() {
 #[test]
 fn refill_amount_equal_to_capacity() {
     let (b, clock) = bucket(Limit::new(7, 7, S).unwrap());
-    b.try_acquire(7).unwrap();
+    let _ = b.try_acquire(7).unwrap();
     let d = b.check();
     assert_eq!((d.retry_after(), d.reset_after()), (S, S));
     clock.advance(S);
@@ -149,13 +149,13 @@ fn refill_amount_equal_to_capacity() {
 #[test]
 fn shortest_interval() {
     let (b, clock) = bucket(Limit::new(3, 1, Duration::from_nanos(1)).unwrap());
-    b.try_acquire(3).unwrap();
+    let _ = b.try_acquire(3).unwrap();
     assert_eq!(b.check().retry_after(), Duration::from_nanos(1));
     clock.advance(Duration::from_nanos(2));
     assert_eq!(b.try_acquire(0).unwrap().remaining(), 2);
     // Greedy at the fastest: one token per nanosecond.
     let (b, clock) = bucket(Limit::greedy(1000, 1000, Duration::from_micros(1)).unwrap());
-    b.try_acquire(1000).unwrap();
+    let _ = b.try_acquire(1000).unwrap();
     clock.advance(Duration::from_nanos(17));
     assert_eq!(b.try_acquire(0).unwrap().remaining(), 17);
 }
@@ -163,7 +163,7 @@ fn shortest_interval() {
 #[test]
 fn longest_interval() {
     let (b, clock) = bucket(Limit::new(2, 1, MAX_INTERVAL).unwrap());
-    b.try_acquire(2).unwrap();
+    let _ = b.try_acquire(2).unwrap();
     let d = b.check();
     assert_eq!(d.retry_after(), MAX_INTERVAL);
     assert_eq!(d.reset_after(), 2 * MAX_INTERVAL);

@@ -27,10 +27,10 @@ fn tiers_give_each_key_its_limit_with_one_lookup() {
         .idle_ttl(Duration::from_secs(1))
         .build();
     let take = |key: &str, n: u64| limiter.try_acquire_key(key, n).unwrap();
-    assert_eq!(take("bob", 1).limit(), 2);
-    assert_eq!(take("pro-ann", 1).limit(), 100);
-    assert_eq!(take("int-svc", 1).limit(), 1_000);
-    assert_eq!(take("bogus-x", 1).limit(), 2);
+    assert_eq!(take("bob", 1).capacity(), 2);
+    assert_eq!(take("pro-ann", 1).capacity(), 100);
+    assert_eq!(take("int-svc", 1).capacity(), 1_000);
+    assert_eq!(take("bogus-x", 1).capacity(), 2);
     assert!(take("bob", 1).is_allowed());
     assert!(take("bob", 1).is_denied());
     assert_eq!(take("pro-ann", 50).remaining(), 49);
@@ -40,7 +40,7 @@ fn tiers_give_each_key_its_limit_with_one_lookup() {
     );
     let d = limiter.try_acquire_key("pro-new", 3).unwrap();
     assert_eq!(
-        (d.is_allowed(), d.limit(), d.remaining()),
+        (d.is_allowed(), d.capacity(), d.remaining()),
         (true, 100, 97),
         "within the pro capacity"
     );
@@ -80,8 +80,8 @@ fn keyed_set_limit_moves_every_key_by_policy() {
     use tollgate::{Inherit, SetLimitError};
     let s = Duration::from_secs(1);
     let (limiter, clock) = keyed(10, s);
-    limiter.try_acquire_key("a", 6).unwrap(); // 4 left
-    limiter.try_acquire_key("pro-1", 30).unwrap(); // 70 left
+    let _ = limiter.try_acquire_key("a", 6).unwrap(); // 4 left
+    let _ = limiter.try_acquire_key("pro-1", 30).unwrap(); // 70 left
     limiter
         .set_limit(Limit::new(20, 2, s).unwrap(), Inherit::Proportional)
         .unwrap();
@@ -92,7 +92,7 @@ fn keyed_set_limit_moves_every_key_by_policy() {
         "tier 1 untouched"
     );
     let d = limiter.snapshot_key("a");
-    assert_eq!((d.limit(), d.remaining()), (20, 8), "4/10 of 20");
+    assert_eq!((d.capacity(), d.remaining()), (20, 8), "4/10 of 20");
     assert_eq!(
         limiter.snapshot_key("b").remaining(),
         20,
@@ -130,9 +130,9 @@ fn keyed_keep_raise_treats_untouched_and_evicted_keys_alike() {
     use tollgate::Inherit;
     let s = Duration::from_secs(1);
     let (limiter, clock) = keyed(10, s);
-    limiter.check_key("idle");
+    let _ = limiter.check_key("idle");
     clock.advance(10 * s); // "idle" is full again, and evictable
-    limiter.try_acquire_key("busy", 10).unwrap();
+    let _ = limiter.try_acquire_key("busy", 10).unwrap();
     assert_eq!(limiter.evict_idle(), 1);
     // Keep raises the capacity to 20: a full bucket keeps its 10 tokens, so an untouched key
     // (and the evicted one) starts with 10 as well, and refills to 20 at 1 per second.
@@ -235,11 +235,11 @@ fn at_the_key_cap_a_denial_is_under_the_keys_own_tier() {
         .build();
     let d = limiter.check_key("pro-a");
     assert!(d.is_denied());
-    assert_eq!(d.limit(), 100);
+    assert_eq!(d.capacity(), 100);
     assert_eq!(
         d.retry_after(),
         Duration::from_millis(600),
         "one token of 100 per minute"
     );
-    assert_eq!(limiter.check_key("free").limit(), 10);
+    assert_eq!(limiter.check_key("free").capacity(), 10);
 }

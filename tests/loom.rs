@@ -110,14 +110,14 @@ fn set_limit_racing_acquire() {
         let b1 = b.clone();
         let changer = thread::spawn(move || {
             let three = Limit::new(3, 1, Duration::from_secs(1)).unwrap();
-            b1.set_limit(three, tollgate::Inherit::Keep).unwrap();
+            let _ = b1.set_limit(three, tollgate::Inherit::Keep).unwrap();
         });
         let b2 = b.clone();
         let taker = thread::spawn(move || b2.check());
         changer.join().unwrap();
         let d = taker.join().unwrap();
         assert!(d.is_allowed(), "a token was there under either limit");
-        assert!(matches!(d.limit(), 2 | 3), "decided under one limit");
+        assert!(matches!(d.capacity(), 2 | 3), "decided under one limit");
         // Either order leaves 2 - 1 = 1: the change keeps what the acquire left, or the
         // acquire takes from what the change kept.
         assert_eq!(b.snapshot().remaining(), 1);
@@ -216,9 +216,9 @@ mod keyed {
             let d = taker.join().unwrap();
             assert!(d.is_allowed(), "a token was there under either limit");
             let left = limiter.try_acquire_key(&1, 0).unwrap();
-            assert_eq!(left.limit(), 4);
+            assert_eq!(left.capacity(), 4);
             // Before the change: 1 - 1 = 0, then 0 of 4. After: 1 of 2 is 2 of 4, minus 1.
-            match d.limit() {
+            match d.capacity() {
                 2 => assert_eq!(left.remaining(), 0),
                 4 => assert_eq!(left.remaining(), 1),
                 other => panic!("decided under limit {other}"),
@@ -245,7 +245,7 @@ mod keyed {
             for h in handles {
                 let d = h.join().unwrap();
                 assert!(d.is_allowed());
-                assert_eq!(d.limit(), 4);
+                assert_eq!(d.capacity(), 4);
             }
             assert_eq!(limiter.try_acquire_key(&1, 0).unwrap().remaining(), 0);
             assert_eq!(limiter.len(), 1);
@@ -269,7 +269,7 @@ mod keyed {
             let d = acquirer.join().unwrap();
             assert!(evictor.join().unwrap() <= 1);
             assert!(d.is_allowed());
-            assert_eq!(d.limit(), 2, "decided under the limit in force");
+            assert_eq!(d.capacity(), 2, "decided under the limit in force");
             assert_eq!(limiter.len(), 1);
             assert_eq!(limiter.try_acquire_key(&1, 0).unwrap().remaining(), 1);
         });
@@ -344,12 +344,12 @@ mod keyed {
             }
             let d = limiter.try_acquire_key(&1, 0).unwrap();
             // 2 -> 4 -> 8: 1 of 2 is 2 of 4 is 4 of 8; 2 -> 8 -> 4: 4 of 8 is 2 of 4.
-            match d.limit() {
+            match d.capacity() {
                 8 => assert_eq!(d.remaining(), 4),
                 4 => assert_eq!(d.remaining(), 2),
                 other => panic!("limit {other}"),
             }
-            assert_eq!(limiter.limit().capacity(), d.limit());
+            assert_eq!(limiter.limit().capacity(), d.capacity());
         });
     }
 
@@ -370,8 +370,8 @@ mod keyed {
             let d = toucher.join().unwrap();
             assert!(d.is_allowed());
             let left = limiter.try_acquire_key(&5, 0).unwrap();
-            assert_eq!(left.limit(), 4);
-            match d.limit() {
+            assert_eq!(left.capacity(), 4);
+            match d.capacity() {
                 // Full 2, one taken: 1 of 2, then 2 of 4.
                 2 => assert_eq!(left.remaining(), 2),
                 // An untouched bucket under the new limit: 4, one taken.

@@ -18,12 +18,12 @@ fn bucket(c: u64, r: u64, every: Duration) -> (TokenBucket<ManualClock>, ManualC
 fn snapshot_refund_add_reset() {
     let (b, clock) = bucket(10, 1, Duration::from_secs(1));
     assert_eq!(b.snapshot().remaining(), 10);
-    b.try_acquire(7).unwrap();
+    let _ = b.try_acquire(7).unwrap();
     assert_eq!(b.snapshot().remaining(), 3);
     assert_eq!(b.snapshot().remaining(), 3, "a snapshot consumes nothing");
     assert_eq!(b.refund(2).remaining(), 5);
     assert_eq!(b.add_tokens(100).remaining(), 10, "capped at the capacity");
-    b.try_acquire(10).unwrap();
+    let _ = b.try_acquire(10).unwrap();
     // Refill counts from the mark: one second on, one token, then the refund on top.
     clock.advance(Duration::from_secs(1));
     assert_eq!(b.refund(1).remaining(), 2);
@@ -31,8 +31,8 @@ fn snapshot_refund_add_reset() {
     assert_eq!(d.remaining(), 10);
     assert_eq!(d.reset_after(), Duration::ZERO);
     // A refund does not move refills: the next token still comes at 2 s.
-    b.try_acquire(10).unwrap();
-    b.refund(3);
+    let _ = b.try_acquire(10).unwrap();
+    let _ = b.refund(3);
     assert_eq!(b.snapshot().next_refill_after(), Duration::from_secs(1));
 }
 
@@ -71,7 +71,7 @@ fn keyed_forms_create_nothing_for_unknown_keys() {
     assert_eq!(limiter.refund_key("a", 2).remaining(), 4);
     assert_eq!(limiter.reset_key("a").remaining(), 4);
     assert!(limiter.is_empty());
-    limiter.try_acquire_key("a", 4).unwrap();
+    let _ = limiter.try_acquire_key("a", 4).unwrap();
     assert_eq!(limiter.snapshot_key("a").remaining(), 0);
     assert_eq!(limiter.refund_key("a", 1).remaining(), 1);
     assert_eq!(limiter.add_tokens_key("a", 1).remaining(), 2);
@@ -92,7 +92,7 @@ fn multi_limits_are_all_or_nothing() {
     assert!(multi.try_acquire(2).unwrap().is_allowed());
     let d = multi.try_acquire(2).unwrap();
     assert!(!d.is_allowed());
-    assert_eq!(d.limit, 1, "the second limit denied");
+    assert_eq!(d.index, 1, "the second limit denied");
     assert_eq!(d.decision.retry_after(), hour);
     assert_eq!(
         multi.buckets()[0].snapshot().remaining(),
@@ -102,7 +102,7 @@ fn multi_limits_are_all_or_nothing() {
     assert!(multi.try_acquire(6).is_err(), "above a capacity: an error");
     let ok = multi.try_acquire(1).unwrap();
     assert_eq!(
-        (ok.limit, ok.decision.remaining()),
+        (ok.index, ok.decision.remaining()),
         (1, 0),
         "reports the tightest limit"
     );
@@ -139,7 +139,7 @@ fn multi_limits_are_all_or_nothing() {
     assert!(keyed.check_key("a").is_allowed());
     assert!(keyed.check_key("a").is_allowed());
     let d = keyed.check_key("a");
-    assert_eq!((d.is_allowed(), d.limit), (false, 0));
+    assert_eq!((d.is_allowed(), d.index), (false, 0));
     assert_eq!(keyed.limiters()[1].snapshot_key("a").remaining(), 8);
     assert!(keyed.check_key("b").is_allowed(), "keys are independent");
 }
@@ -148,14 +148,14 @@ fn multi_limits_are_all_or_nothing() {
 fn set_limit_carries_tokens_over_by_policy() {
     use tollgate::{Inherit, MAX_RECONFIGURATIONS};
     let (b, clock) = bucket(10, 1, Duration::from_secs(1));
-    b.try_acquire(6).unwrap(); // 4 left
+    let _ = b.try_acquire(6).unwrap(); // 4 left
     let d = b
         .set_limit(
             Limit::new(20, 2, Duration::from_secs(1)).unwrap(),
             Inherit::Keep,
         )
         .unwrap();
-    assert_eq!((d.limit(), d.remaining()), (20, 4));
+    assert_eq!((d.capacity(), d.remaining()), (20, 4));
     assert_eq!(b.limit().capacity(), 20);
     let d = b
         .set_limit(
@@ -175,19 +175,20 @@ fn set_limit_carries_tokens_over_by_policy() {
     // Refills follow the new limit from the step of the change: 3 per 2 s.
     clock.advance(Duration::from_secs(2));
     assert_eq!(b.snapshot().remaining(), 3);
-    b.try_acquire(3).unwrap();
+    let _ = b.try_acquire(3).unwrap();
     assert_eq!(
         b.set_limit(*b.limit(), Inherit::Reset).unwrap().remaining(),
         3
     );
     let same = *b.limit();
     for _ in 0..1_000 {
-        b.set_limit(same, Inherit::Keep).unwrap(); // the limit in force: changes nothing
+        let _ = b.set_limit(same, Inherit::Keep).unwrap(); // the limit in force: changes nothing
     }
     let other = Limit::new(3, 3, Duration::from_secs(4)).unwrap();
     // Three changes so far (a reset to the same limit is a plain reset, and does not count).
     for i in 3..MAX_RECONFIGURATIONS {
-        b.set_limit(if i % 2 == 1 { other } else { same }, Inherit::Keep)
+        let _ = b
+            .set_limit(if i % 2 == 1 { other } else { same }, Inherit::Keep)
             .unwrap();
     }
     assert!(b.set_limit(other, Inherit::Keep).is_err());
@@ -216,11 +217,12 @@ fn set_limit_under_load_never_invents_tokens() {
         s.spawn(|| {
             for i in 0..200 {
                 let cap = if i % 2 == 0 { 2_000 } else { 1_000 };
-                b.set_limit(
-                    Limit::new(cap, 1, Duration::from_secs(3600)).unwrap(),
-                    Inherit::Keep,
-                )
-                .unwrap();
+                let _ = b
+                    .set_limit(
+                        Limit::new(cap, 1, Duration::from_secs(3600)).unwrap(),
+                        Inherit::Keep,
+                    )
+                    .unwrap();
             }
         });
     });

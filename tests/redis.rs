@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use model::observe;
 use support::*;
-use tollgate::redis::{RedisLimitError, RedisLimiter};
+use tollgate::redis::{RedisLimitError, RedisLimiter, UnsupportedLimit};
 use tollgate::{Limit, ManualClock, TokenBucket};
 
 #[tokio::test]
@@ -267,14 +267,24 @@ async fn limits_the_script_cannot_run_exactly_are_rejected() {
     let too_fine = Limit::new(5, 1, Duration::from_nanos(1500)).unwrap();
     assert!(matches!(
         RedisLimiter::new(&server.url(), too_fine, "x:").await,
-        Err(RedisLimitError::Limit(_))
+        Err(RedisLimitError::UnsupportedLimit(
+            UnsupportedLimit::SubMicrosecondStep { amount: 1, .. }
+        ))
     ));
     // Three tokens every 2 us: more than one per microsecond.
     let too_fast = Limit::greedy(100, 3, Duration::from_micros(2)).unwrap();
     assert!(matches!(
         RedisLimiter::new(&server.url(), too_fast, "x:").await,
-        Err(RedisLimitError::Limit(_))
+        Err(RedisLimitError::UnsupportedLimit(
+            UnsupportedLimit::FasterThanOnePerMicrosecond
+        ))
     ));
+    // Not a Redis URL: a typed error with the cause as its source.
+    let bad = RedisLimiter::new("http://nope", Limit::per_second(5).unwrap(), "x:").await;
+    let Err(e @ RedisLimitError::InvalidUrl(_)) = bad else {
+        panic!("expected InvalidUrl, got {bad:?}");
+    };
+    assert!(std::error::Error::source(&e).is_some());
     let redis = RedisLimiter::new(&server.url(), Limit::per_second(5).unwrap(), "x:")
         .await
         .unwrap();

@@ -83,9 +83,9 @@ fn stats_publish_to_the_metrics_facade() {
     let limiter: KeyedLimiter<u64> = KeyedLimiter::builder(Limit::per_hour(1).unwrap())
         .stats(true)
         .build();
-    limiter.check_key(&1);
-    limiter.check_key(&1);
-    limiter.check_key(&1);
+    let _ = limiter.check_key(&1);
+    let _ = limiter.check_key(&1);
+    let _ = limiter.check_key(&1);
     metrics::with_local_recorder(&Rec(seen.clone()), || {
         limiter.stats().unwrap().publish("api")
     });
@@ -117,7 +117,7 @@ fn multi_limit_stats_count_each_call_once() {
     assert!(limits.check_key("a").is_allowed());
     assert!(limits.check_key("a").is_allowed());
     let d = limits.check_key("a");
-    assert_eq!((d.is_allowed(), d.limit), (false, 0));
+    assert_eq!((d.is_allowed(), d.index), (false, 0));
     let first = limits.limiters()[0].stats().unwrap();
     let second = limits.limiters()[1].stats().unwrap();
     assert_eq!(

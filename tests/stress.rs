@@ -124,7 +124,7 @@ fn multi_keyed_under_real_threads_and_clock_stays_within_both_limits() {
                     let d = limits.try_acquire_key(&key, 1 + u64::from(i % 3)).unwrap();
                     if d.is_allowed() {
                         granted[key as usize].fetch_add(1 + u64::from(i % 3), Ordering::Relaxed);
-                    } else if d.limit == 1 {
+                    } else if d.index == 1 {
                         denied_by_1.fetch_add(1, Ordering::Relaxed);
                     }
                     i = i.wrapping_add(7);

@@ -38,7 +38,7 @@ async fn a_dropped_wait_consumes_nothing() {
         Limit::new(3, 3, Duration::from_secs(3600)).unwrap(),
         tollgate::MonotonicClock::new(),
     ));
-    b.try_acquire(2).unwrap();
+    let _ = b.try_acquire(2).unwrap();
     let waiting = {
         let b = b.clone();
         tokio::spawn(async move { b.acquire(2).await })
@@ -90,7 +90,7 @@ async fn jitter_never_makes_a_wait_early() {
         Limit::new(1, 1, Duration::from_millis(30)).unwrap(),
         tollgate::MonotonicClock::new(),
     );
-    b.try_acquire(1).unwrap();
+    let _ = b.try_acquire(1).unwrap();
     let d = b
         .acquire_with_jitter(1, Duration::from_millis(20))
         .await

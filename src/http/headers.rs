@@ -13,6 +13,7 @@ use crate::{Decision, Limit};
 
 /// Which rate-limit headers a response carries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HeaderStyle {
     /// `RateLimit` and `RateLimit-Policy` (IETF draft 10). The default.
     #[default]
@@ -132,7 +133,7 @@ impl Headers {
             },
         );
         if self.style == HeaderStyle::IetfAndLegacy && !headers.contains_key(X_LIMIT) {
-            headers.insert(X_LIMIT, HeaderValue::from(decision.limit()));
+            headers.insert(X_LIMIT, HeaderValue::from(decision.capacity()));
             headers.insert(X_REMAINING, HeaderValue::from(decision.remaining()));
             headers.insert(
                 X_RESET,

@@ -24,6 +24,7 @@ use super::proxies::{canonical, client_ip, mask, ForwardedHeader, TrustedProxies
 /// assert_eq!(key.clone(), key);
 /// ```
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Key {
     /// One bucket for all requests.
     Global,

@@ -34,6 +34,7 @@ mod body;
 mod headers;
 mod key;
 mod proxies;
+mod responses;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -54,11 +55,13 @@ pub use key::{Key, KeyExtractor, PeerAddr, RequestInfo};
 pub use proxies::{CidrError, ForwardedHeader, TrustedProxies};
 
 use headers::Headers;
+use responses::{degraded_denial, denied, no_peer_address, problem_response};
 
 use crate::Decision;
 
 /// What to do with a request whose key is missing or unreadable.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MissingKey {
     /// Answer with this status (and a problem body); the inner service is not called.
     Reject(StatusCode),
@@ -76,6 +79,7 @@ impl Default for MissingKey {
 
 /// What to do when the backend cannot decide (e.g. Redis is down).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OnBackendError {
     /// Let the request through without rate-limit headers, and log a `tracing` warning.
     #[default]
@@ -235,6 +239,21 @@ impl<B: Backend> RateLimitLayerBuilder<B> {
     }
 }
 
+impl<B: std::fmt::Debug> std::fmt::Debug for RateLimitLayerBuilder<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitLayerBuilder")
+            .field("backend", &self.backend)
+            .field("key", &self.key)
+            .field("cost", &self.cost.as_ref().map(|_| "fn"))
+            .field("exempt", &self.exempt.as_ref().map(|_| "fn"))
+            .field("missing", &self.missing)
+            .field("on_error", &self.on_error)
+            .field("policy", &self.policy)
+            .field("style", &self.style)
+            .finish()
+    }
+}
+
 /// The tower layer. Clone it freely (it shares one backend).
 pub struct RateLimitLayer<B> {
     config: Arc<Config<B>>,
@@ -276,10 +295,28 @@ impl<S, B> Layer<S> for RateLimitLayer<B> {
     }
 }
 
+impl<B: std::fmt::Debug> std::fmt::Debug for RateLimitLayer<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("backend", &self.config.backend)
+            .field("key", &self.config.key)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The rate-limiting service (see the [module docs](self)).
 pub struct RateLimit<S, B> {
     inner: S,
     config: Arc<Config<B>>,
+}
+
+impl<S: std::fmt::Debug, B: std::fmt::Debug> std::fmt::Debug for RateLimit<S, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("backend", &self.config.backend)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S: Clone, B> Clone for RateLimit<S, B> {
@@ -514,74 +551,4 @@ where
             }
         }
     }
-}
-
-/// A denial the backend's failure policy made (Redis unreachable, `FailClosed`), or a backend
-/// error under [`OnBackendError::FailClosed`]: not a quota verdict ([contract §4](crate::contract::redis)), so not a 429 with
-/// a wait derived from an imagined empty bucket, but a 503 with a short `Retry-After` of 1 s,
-/// and no rate-limit headers.
-fn degraded_denial() -> Response<Bytes> {
-    let mut r = problem_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the rate limiter is unavailable",
-    );
-    r.headers_mut()
-        .insert(http::header::RETRY_AFTER, http::HeaderValue::from(1));
-    r
-}
-
-/// A `429` for a denial: headers, `Retry-After`, problem body.
-fn denied(headers: &Headers, d: &Decision) -> Response<Bytes> {
-    let wait = headers::retry_after(d.retry_after());
-    let mut r = problem_response(
-        StatusCode::TOO_MANY_REQUESTS,
-        &format!(
-            "rate limit exceeded; retry after {} s",
-            wait.to_str().unwrap_or("1")
-        ),
-    );
-    headers.apply(d, r.headers_mut());
-    r.headers_mut().insert(http::header::RETRY_AFTER, wait);
-    r
-}
-
-/// A request whose peer or client IP key cannot be found because the server does not pass the
-/// peer address: a set-up error, answered 500 and logged (at most once a minute).
-#[cold]
-fn no_peer_address(last_logged: &std::sync::atomic::AtomicU64) -> Response<Bytes> {
-    use std::sync::atomic::Ordering;
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let now = START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_secs()
-        + 1;
-    // Relaxed: a log throttle; a rare duplicate line is harmless.
-    let last = last_logged.load(Ordering::Relaxed);
-    if (last == 0 || now >= last + 60)
-        && last_logged
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
-        tracing::error!(
-            "tollgate: a peer-IP or client-IP key needs the connection's peer address, and the \
-             request carries none; answering 500. With axum, serve with \
-             `into_make_service_with_connect_info::<SocketAddr>()` and enable tollgate's `axum` \
-             feature (or insert `tollgate::http::PeerAddr` yourself); with hyper, insert \
-             `PeerAddr` per connection"
-        );
-    }
-    problem_response(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "the server's rate limiter cannot see the peer address it keys on",
-    )
-}
-
-fn problem_response(status: StatusCode, detail: &str) -> Response<Bytes> {
-    let (content_type, body) = headers::problem(status, detail);
-    let mut r = Response::new(body);
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, content_type);
-    r
 }

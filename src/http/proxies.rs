@@ -133,6 +133,7 @@ const MAX_HOPS: usize = 32;
 /// assert_eq!(ForwardedHeader::Forwarded.name(), "forwarded");
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ForwardedHeader {
     /// `X-Forwarded-For: client, proxy1, proxy2` (what nginx, HAProxy, AWS ALB, Envoy and
     /// Cloudflare append to).

@@ -31,7 +31,7 @@ pub const MAX_PRESIZE: usize = 1 << 24;
 ///     .idle_ttl(Duration::from_secs(300))
 ///     .max_keys(100_000, AtCapacity::Deny)
 ///     .shards(8)
-///     .capacity(1_000)
+///     .expected_keys(1_000)
 ///     .build();
 /// assert!(limiter.check_key(&7).is_allowed());
 /// # Ok::<(), tollgate::LimitError>(())
@@ -45,9 +45,25 @@ pub struct KeyedLimiterBuilder<K, S = KeyHasher> {
     idle_ttl: Option<Duration>,
     max_keys: Option<(usize, AtCapacity)>,
     shards: Option<usize>,
-    capacity: usize,
+    expected_keys: usize,
     hasher: S,
     _key: PhantomData<fn() -> K>,
+}
+
+impl<K, S: std::fmt::Debug> std::fmt::Debug for KeyedLimiterBuilder<K, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedLimiterBuilder")
+            .field("limit", &self.limit)
+            .field("tiers", &self.tiers)
+            .field("stats", &self.stats)
+            .field("clock", &self.clock)
+            .field("idle_ttl", &self.idle_ttl)
+            .field("max_keys", &self.max_keys)
+            .field("shards", &self.shards)
+            .field("expected_keys", &self.expected_keys)
+            .field("hasher", &self.hasher)
+            .finish()
+    }
 }
 
 impl<K, S> KeyedLimiterBuilder<K, S> {
@@ -90,14 +106,21 @@ impl<K, S> KeyedLimiterBuilder<K, S> {
     /// // Presized for 2^24 keys, not usize::MAX: no allocation failure, no panic.
     /// let limiter: KeyedLimiter<u64> = KeyedLimiter::builder(Limit::per_second(5)?)
     ///     .shards(4)
-    ///     .capacity(usize::MAX)
+    ///     .expected_keys(usize::MAX)
     ///     .build();
     /// assert!(limiter.check_key(&1).is_allowed());
     /// # Ok::<(), tollgate::LimitError>(())
     /// ```
-    pub fn capacity(mut self, keys: usize) -> Self {
-        self.capacity = keys;
+    pub fn expected_keys(mut self, keys: usize) -> Self {
+        self.expected_keys = keys;
         self
+    }
+
+    /// Renamed [`expected_keys`](KeyedLimiterBuilder::expected_keys): a capacity counts tokens
+    /// everywhere else.
+    #[deprecated(since = "0.1.0", note = "renamed `expected_keys`")]
+    pub fn capacity(self, keys: usize) -> Self {
+        self.expected_keys(keys)
     }
 
     /// Per-key limits (tiers: free / pro / internal). Tier 0 is the builder's limit, tier `i`
@@ -113,8 +136,8 @@ impl<K, S> KeyedLimiterBuilder<K, S> {
     /// let limiter: KeyedLimiter<String> = KeyedLimiter::builder(free)
     ///     .tiers([pro], |user: &String| usize::from(user.starts_with("pro-")))
     ///     .build();
-    /// assert_eq!(limiter.check_key("pro-ann").limit(), 1_000);
-    /// assert_eq!(limiter.check_key("bob").limit(), 10);
+    /// assert_eq!(limiter.check_key("pro-ann").capacity(), 1_000);
+    /// assert_eq!(limiter.check_key("bob").capacity(), 10);
     /// # Ok::<(), tollgate::LimitError>(())
     /// ```
     pub fn tiers(
@@ -145,7 +168,7 @@ impl<K, S> KeyedLimiterBuilder<K, S> {
             idle_ttl: self.idle_ttl,
             max_keys: self.max_keys,
             shards: self.shards,
-            capacity: self.capacity,
+            expected_keys: self.expected_keys,
             hasher,
             _key: PhantomData,
         }
@@ -178,7 +201,7 @@ impl<K, S> KeyedLimiterBuilder<K, S> {
             .next_power_of_two();
         let (max_keys, at_capacity) = self.max_keys.unwrap_or((usize::MAX, AtCapacity::Overflow));
         let per_shard = self
-            .capacity
+            .expected_keys
             .min(max_keys)
             .min(MAX_PRESIZE)
             .div_ceil(shards);
@@ -230,7 +253,7 @@ impl<K: Hash + Eq> KeyedLimiter<K, KeyHasher> {
             idle_ttl: None,
             max_keys: None,
             shards: None,
-            capacity: 0,
+            expected_keys: 0,
             hasher: KeyHasher::default(),
             _key: PhantomData,
         }

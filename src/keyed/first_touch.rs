@@ -20,6 +20,7 @@ const FLUSH_EVERY: usize = 1024;
 /// What a keyed limiter does with a new key when it already holds `max_keys` keys (and a sweep
 /// of the key's shard found nothing to evict).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AtCapacity {
     /// New keys draw from one shared overflow bucket with the same limit. A flood of new keys
     /// (random user ids, spoofed IPs) shares one bucket's worth of tokens; existing keys are

@@ -94,7 +94,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     {
         let (d, _) = self.decide(key, 0)?;
         if let Some(c) = &self.counters {
-            if d.remaining() < n && n <= d.limit() {
+            if d.remaining() < n && n <= d.capacity() {
                 c.decided(false);
             }
         }

@@ -153,8 +153,8 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     /// ```
     /// use tollgate::{KeyedLimiter, Limit};
     /// let limiter: KeyedLimiter<u32> = KeyedLimiter::builder(Limit::per_hour(1)?).stats(true).build();
-    /// limiter.check_key(&1);
-    /// limiter.check_key(&1);
+    /// let _ = limiter.check_key(&1);
+    /// let _ = limiter.check_key(&1);
     /// let stats = limiter.stats().unwrap();
     /// assert_eq!((stats.allowed, stats.denied), (1, 1));
     /// # Ok::<(), tollgate::LimitError>(())

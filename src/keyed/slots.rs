@@ -13,6 +13,7 @@ use crate::TooManyReconfigurations;
 
 /// Why [`KeyedLimiter::set_tier_limit`] did not change a limit (nothing changed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SetLimitError {
     /// The limiter has no tier `tier` (it has `tiers`: 0 ..= `tiers - 1`).
     UnknownTier {

@@ -77,7 +77,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     ///     .clock(clock.clone())
     ///     .idle_ttl(Duration::from_secs(10))
     ///     .build();
-    /// limiter.check_key(&1);
+    /// let _ = limiter.check_key(&1);
     /// assert_eq!(limiter.evict_idle(), 0); // not idle yet
     /// clock.advance(Duration::from_secs(11));
     /// assert_eq!(limiter.evict_idle(), 1);

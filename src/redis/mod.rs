@@ -34,11 +34,14 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 
 use crate::decision::{Decision, InsufficientCapacity};
-use crate::limit::{Limit, LimitError};
+use crate::limit::Limit;
 use crate::state::{self, Outcome};
 use crate::steps::{self, Steps};
 
 mod denials;
+mod error;
+
+pub use error::{Outage, RedisLimitError, UnsupportedLimit};
 
 use denials::{DenialCache, Denied};
 
@@ -50,6 +53,7 @@ const LUA_EXACT: u64 = 1 << 52;
 
 /// What a call does when Redis does not answer in time (or at all).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OnFailure {
     /// Allow the request; the decision says [`Decision::is_degraded`].
     FailOpen,
@@ -58,53 +62,6 @@ pub enum OnFailure {
     /// Return [`RedisLimitError::Unavailable`]. The default.
     #[default]
     ReturnError,
-}
-
-/// Why a Redis-backed call failed.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum RedisLimitError {
-    /// The limit cannot be run by the script (it needs whole microseconds and numbers below
-    /// 2^52); the text says which part.
-    Limit(String),
-    /// A bad limit.
-    InvalidLimit(LimitError),
-    /// More tokens asked for than the capacity.
-    InsufficientCapacity(InsufficientCapacity),
-    /// Redis did not answer within the timeout, or the connection failed.
-    Unavailable(String),
-    /// Redis answered something the script never returns.
-    Protocol(String),
-    /// The server runs in cluster mode, which this client does not follow (no `MOVED` / `ASK`
-    /// redirects): keys on other nodes would fail. Connect to a single-node server.
-    ClusterUnsupported,
-}
-
-impl fmt::Display for RedisLimitError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RedisLimitError::Limit(why) => {
-                write!(f, "limit not supported by the Redis backend: {why}")
-            }
-            RedisLimitError::InvalidLimit(e) => e.fmt(f),
-            RedisLimitError::InsufficientCapacity(e) => e.fmt(f),
-            RedisLimitError::Unavailable(why) => write!(f, "redis unavailable: {why}"),
-            RedisLimitError::Protocol(why) => write!(f, "unexpected answer from redis: {why}"),
-            RedisLimitError::ClusterUnsupported => write!(
-                f,
-                "the redis server runs in cluster mode; tollgate's Redis client is single-node \
-                 (it follows no MOVED/ASK redirect): connect to a single-node server"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for RedisLimitError {}
-
-impl From<LimitError> for RedisLimitError {
-    fn from(e: LimitError) -> Self {
-        RedisLimitError::InvalidLimit(e)
-    }
 }
 
 /// A Redis-backed limiter: every key's bucket lives in Redis, shared by all processes that use
@@ -144,12 +101,24 @@ impl fmt::Debug for RedisLimiter {
 
 /// Builds a [`RedisLimiter`]. From [`RedisLimiter::builder`].
 pub struct RedisLimiterBuilder {
-    client: Result<redis::Client, String>,
+    client: Result<redis::Client, redis::RedisError>,
     limit: Limit,
     prefix: Vec<u8>,
     timeout: Duration,
     on_failure: OnFailure,
     denial_cache: Option<usize>,
+}
+
+impl fmt::Debug for RedisLimiterBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLimiterBuilder")
+            .field("limit", &self.limit)
+            .field("prefix", &String::from_utf8_lossy(&self.prefix))
+            .field("timeout", &self.timeout)
+            .field("on_failure", &self.on_failure)
+            .field("denial_cache", &self.denial_cache)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RedisLimiterBuilder {
@@ -176,7 +145,7 @@ impl RedisLimiterBuilder {
     /// Connects (a multiplexed connection that reconnects by itself).
     ///
     /// # Errors
-    /// [`RedisLimitError::Limit`] when the limit needs what the script cannot do exactly (an
+    /// [`RedisLimitError::UnsupportedLimit`] when the limit needs what the script cannot do exactly (an
     /// interval that is not whole microseconds, more than one token per microsecond, or a rate
     /// whose reduced numbers multiply past 2^52); [`RedisLimitError::Unavailable`] when the
     /// first connection fails within the timeout.
@@ -184,26 +153,27 @@ impl RedisLimiterBuilder {
         let limit = self.limit;
         let steps = *limit.steps();
         if !steps.b.is_multiple_of(1000) {
-            return Err(RedisLimitError::Limit(format!(
-                "the step rate needs nanoseconds ({:?} / {}); Redis time is in whole microseconds",
-                limit.refill_interval(),
-                limit.refill_amount()
-            )));
+            return Err(RedisLimitError::UnsupportedLimit(
+                UnsupportedLimit::SubMicrosecondStep {
+                    interval: limit.refill_interval(),
+                    amount: limit.refill_amount(),
+                },
+            ));
         }
         let (a, b_us) = (steps.a, steps.b / 1000);
         let g = steps::gcd(a, b_us);
         let (a, b_us) = (a / g, b_us / g);
         if a > b_us {
-            return Err(RedisLimitError::Limit(
-                "more than one token per microsecond".into(),
+            return Err(RedisLimitError::UnsupportedLimit(
+                UnsupportedLimit::FasterThanOnePerMicrosecond,
             ));
         }
         if a.checked_mul(b_us).is_none_or(|ab| ab >= LUA_EXACT) {
-            return Err(RedisLimitError::Limit(format!(
-                "the reduced rate {a}/{b_us} us multiplies past 2^52"
-            )));
+            return Err(RedisLimitError::UnsupportedLimit(
+                UnsupportedLimit::RateTooFine { a, b_us },
+            ));
         }
-        let client = self.client.map_err(RedisLimitError::Unavailable)?;
+        let client = self.client.map_err(RedisLimitError::InvalidUrl)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout))
@@ -214,8 +184,8 @@ impl RedisLimiterBuilder {
             ConnectionManager::new_with_config(client, config),
         )
         .await
-        .map_err(|_| RedisLimitError::Unavailable("connect timed out".into()))?
-        .map_err(|e| RedisLimitError::Unavailable(e.to_string()))?;
+        .map_err(|_| RedisLimitError::Unavailable(Outage::Timeout(self.timeout)))?
+        .map_err(|e| RedisLimitError::Unavailable(Outage::Redis(e)))?;
         check_server(&con, self.timeout).await?;
         Ok(RedisLimiter {
             con,
@@ -293,7 +263,7 @@ impl RedisLimiter {
     /// A builder for the timeout, the failure policy and the denial cache.
     pub fn builder(url: &str, limit: Limit, key_prefix: &str) -> RedisLimiterBuilder {
         RedisLimiterBuilder {
-            client: redis::Client::open(url).map_err(|e| e.to_string()),
+            client: redis::Client::open(url),
             limit,
             prefix: key_prefix.as_bytes().to_vec(),
             timeout: Duration::from_millis(50),
@@ -340,7 +310,9 @@ impl RedisLimiter {
         now_us: u64,
     ) -> Result<Decision, RedisLimitError> {
         if now_us >= LUA_EXACT {
-            return Err(RedisLimitError::Limit("time past 2^52 microseconds".into()));
+            return Err(RedisLimitError::UnsupportedLimit(
+                UnsupportedLimit::TimeTooLate { now_us },
+            ));
         }
         self.call(key, n, Some(now_us)).await
     }
@@ -380,11 +352,11 @@ impl RedisLimiter {
             tokio::time::timeout(self.timeout, invocation.invoke_async::<Vec<i64>>(&mut con)).await;
         let reply = match answer {
             Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => return self.failed(n, e.to_string()),
-            Err(_) => return self.failed(n, format!("no answer within {:?}", self.timeout)),
+            Ok(Err(e)) => return self.failed(n, Outage::Redis(e)),
+            Err(_) => return self.failed(n, Outage::Timeout(self.timeout)),
         };
         let [allowed, tokens, mark, now] = reply[..] else {
-            return Err(RedisLimitError::Protocol(format!("{reply:?}")));
+            return Err(RedisLimitError::Protocol(reply));
         };
         let (tokens, mark, now_ns) = (
             tokens as u64,
@@ -404,7 +376,7 @@ impl RedisLimiter {
         Ok(d)
     }
 
-    fn failed(&self, n: u64, why: String) -> Result<Decision, RedisLimitError> {
+    fn failed(&self, n: u64, why: Outage) -> Result<Decision, RedisLimitError> {
         match self.on_failure {
             OnFailure::ReturnError => Err(RedisLimitError::Unavailable(why)),
             policy => {
@@ -420,7 +392,7 @@ impl RedisLimiter {
 
     /// Logs a decision made without Redis, at most once every [`LOG_EVERY`] per limiter (and
     /// its clones), so an outage is seen without flooding the log.
-    fn log_degraded(&self, policy: OnFailure, why: &str) {
+    fn log_degraded(&self, policy: OnFailure, why: &Outage) {
         use std::sync::atomic::Ordering;
         let (last, since) = &*self.degraded_logged;
         let now = since.elapsed().as_secs() + 1;

@@ -83,6 +83,7 @@ impl Model {
             Inherit::Keep => self.tokens.min(cap),
             Inherit::Proportional => (self.tokens as u128 * cap as u128 / self.cap as u128) as u64,
             Inherit::Reset => cap,
+            other => panic!("the model does not know {other:?}"),
         };
         new.mark = new.k(from);
         *self = new;
@@ -174,7 +175,7 @@ impl Model {
 pub fn observe(d: &tollgate::Decision) -> ModelDecision {
     ModelDecision {
         allowed: d.is_allowed(),
-        limit: d.limit(),
+        limit: d.capacity(),
         remaining: d.remaining(),
         retry_after: d.retry_after().as_nanos() as u64,
         reset_after: d.reset_after().as_nanos() as u64,

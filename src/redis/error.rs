@@ -1,0 +1,171 @@
+//! Why a Redis-backed call failed: typed, with the underlying error as `source()`.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::decision::InsufficientCapacity;
+use crate::limit::LimitError;
+
+/// Why a Redis-backed call failed.
+///
+/// ```
+/// use std::error::Error;
+/// use tollgate::redis::{Outage, RedisLimitError};
+/// let e = RedisLimitError::Unavailable(Outage::Timeout(std::time::Duration::from_millis(50)));
+/// assert_eq!(e.to_string(), "redis unavailable: no answer within 50ms");
+/// assert!(e.source().is_some());
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RedisLimitError {
+    /// The limit cannot be run exactly by the script (it needs whole microseconds and numbers
+    /// below 2^52).
+    UnsupportedLimit(UnsupportedLimit),
+    /// A bad limit.
+    InvalidLimit(LimitError),
+    /// More tokens asked for than the capacity.
+    InsufficientCapacity(InsufficientCapacity),
+    /// The URL given to [`RedisLimiter::builder`](super::RedisLimiter::builder) is not a Redis
+    /// URL.
+    InvalidUrl(redis::RedisError),
+    /// Redis did not answer within the timeout, or the connection or command failed.
+    Unavailable(Outage),
+    /// Redis answered something the script never returns (the reply, as integers).
+    Protocol(Vec<i64>),
+    /// The server runs in cluster mode, which this client does not follow (no `MOVED` / `ASK`
+    /// redirects): keys on other nodes would fail. Connect to a single-node server.
+    ClusterUnsupported,
+}
+
+impl fmt::Display for RedisLimitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RedisLimitError::UnsupportedLimit(why) => {
+                write!(f, "limit not supported by the Redis backend: {why}")
+            }
+            RedisLimitError::InvalidLimit(e) => e.fmt(f),
+            RedisLimitError::InsufficientCapacity(e) => e.fmt(f),
+            RedisLimitError::InvalidUrl(e) => write!(f, "invalid redis URL: {e}"),
+            RedisLimitError::Unavailable(why) => write!(f, "redis unavailable: {why}"),
+            RedisLimitError::Protocol(reply) => {
+                write!(f, "unexpected answer from redis: {reply:?}")
+            }
+            RedisLimitError::ClusterUnsupported => write!(
+                f,
+                "the redis server runs in cluster mode; tollgate's Redis client is single-node \
+                 (it follows no MOVED/ASK redirect): connect to a single-node server"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RedisLimitError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RedisLimitError::UnsupportedLimit(e) => Some(e),
+            RedisLimitError::InvalidLimit(e) => Some(e),
+            RedisLimitError::InsufficientCapacity(e) => Some(e),
+            RedisLimitError::InvalidUrl(e) => Some(e),
+            RedisLimitError::Unavailable(e) => Some(e),
+            RedisLimitError::Protocol(_) | RedisLimitError::ClusterUnsupported => None,
+        }
+    }
+}
+
+impl From<LimitError> for RedisLimitError {
+    fn from(e: LimitError) -> Self {
+        RedisLimitError::InvalidLimit(e)
+    }
+}
+
+/// What of a limit the Redis script cannot run exactly (its clock is whole microseconds, its
+/// numbers are doubles, exact below 2^52).
+///
+/// ```
+/// use tollgate::redis::UnsupportedLimit;
+/// let e = UnsupportedLimit::FasterThanOnePerMicrosecond;
+/// assert_eq!(e.to_string(), "more than one token per microsecond");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UnsupportedLimit {
+    /// A step (a refill interval, or `interval / amount` in greedy mode) is not a whole number
+    /// of microseconds.
+    SubMicrosecondStep {
+        /// The limit's refill interval.
+        interval: Duration,
+        /// Its refill amount.
+        amount: u64,
+    },
+    /// More than one token per microsecond.
+    FasterThanOnePerMicrosecond,
+    /// The step rate, reduced to `a / b` tokens per microsecond, has `a * b` at or past 2^52.
+    RateTooFine {
+        /// The reduced numerator.
+        a: u64,
+        /// The reduced denominator, in microseconds.
+        b_us: u64,
+    },
+    /// An explicit time at or past 2^52 microseconds.
+    TimeTooLate {
+        /// The time given, in microseconds.
+        now_us: u64,
+    },
+}
+
+impl fmt::Display for UnsupportedLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UnsupportedLimit::SubMicrosecondStep { interval, amount } => write!(
+                f,
+                "the step rate needs nanoseconds ({interval:?} / {amount}); Redis time is in \
+                 whole microseconds"
+            ),
+            UnsupportedLimit::FasterThanOnePerMicrosecond => {
+                write!(f, "more than one token per microsecond")
+            }
+            UnsupportedLimit::RateTooFine { a, b_us } => {
+                write!(f, "the reduced rate {a}/{b_us} us multiplies past 2^52")
+            }
+            UnsupportedLimit::TimeTooLate { now_us } => {
+                write!(f, "time {now_us} us is past 2^52 microseconds")
+            }
+        }
+    }
+}
+
+impl std::error::Error for UnsupportedLimit {}
+
+/// Why Redis gave no answer.
+///
+/// ```
+/// use tollgate::redis::Outage;
+/// let e = Outage::Timeout(std::time::Duration::from_millis(50));
+/// assert_eq!(e.to_string(), "no answer within 50ms");
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Outage {
+    /// No answer within the configured timeout.
+    Timeout(Duration),
+    /// The connection or the command failed.
+    Redis(redis::RedisError),
+}
+
+impl fmt::Display for Outage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outage::Timeout(after) => write!(f, "no answer within {after:?}"),
+            Outage::Redis(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Outage {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Outage::Timeout(_) => None,
+            Outage::Redis(e) => Some(e),
+        }
+    }
+}
