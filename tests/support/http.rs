@@ -29,7 +29,8 @@ pub async fn serve(router: Router) -> SocketAddr {
     let router = router.layer(axum::middleware::map_request(
         |axum::extract::ConnectInfo(remote): axum::extract::ConnectInfo<SocketAddr>,
          mut req: axum::extract::Request| async move {
-            req.extensions_mut().insert(PeerAddr(remote));
+            req.extensions_mut()
+                .insert(tollgate::http::PeerAddr(remote));
             req
         },
     ));
