@@ -374,12 +374,18 @@ impl<C: Clock> TokenBucket<C> {
             limit,
             cell: CachePadded::new(Cell::full(&steps, 0)),
         });
+        // The clock (user code, which may panic) is read before the node is stored: from the
+        // store to the publication below nothing can unwind, so no stored node is left
+        // unpublished (which would make every later change fail).
+        let now = self.clock.now();
+        let t = now.saturating_sub(self.epoch);
         if self.nodes.set(index + 1, node).is_err() {
+            // Unreachable: `index + 1 <= MAX_RECONFIGURATIONS < MAX_LIMITS`, and each index is
+            // stored once, under the lock, just before it is published.
+            debug_assert!(false, "node {} stored twice", index + 1);
             return Err(TooManyReconfigurations);
         }
         let new = self.node_at(index + 1);
-        let now = self.clock.now();
-        let t = now.saturating_sub(self.epoch);
         // Seal the old word: from here no call can change it, and its state is final.
         let word = old.cell.seal_now();
         let word = state::convert_word(old.steps(), word, t, &steps, inherit);

@@ -7,7 +7,8 @@ use crate::state::{self, Outcome};
 use crate::steps::{self, Steps, SEALED, TOMBSTONE};
 use crate::sync::{AtomicU64, Ordering};
 
-/// The atomic word of one bucket, shared by [`TokenBucket`] and the keyed limiter.
+/// The atomic word of one bucket, shared by [`TokenBucket`](crate::TokenBucket) and the keyed
+/// limiter.
 #[derive(Debug)]
 pub(crate) struct Cell(AtomicU64);
 

@@ -142,14 +142,6 @@ impl Decision {
         self.rate.cap
     }
 
-    /// The bucket's capacity C: renamed [`capacity`](Decision::capacity), since `limit` names a
-    /// [`Limit`](crate::Limit) everywhere else.
-    #[deprecated(since = "0.1.0", note = "renamed `capacity`")]
-    #[inline]
-    pub fn limit(&self) -> u64 {
-        self.capacity()
-    }
-
     /// Tokens left after this call.
     #[inline]
     pub fn remaining(&self) -> u64 {

@@ -88,8 +88,8 @@ pub use clock::{
 };
 pub use decision::{Decision, InsufficientCapacity};
 pub use keyed::{
-    AtCapacity, Evictor, KeyHash, KeyHasher, KeyedLimiter, KeyedLimiterBuilder, SetLimitError,
-    MAX_PRESIZE,
+    AtCapacity, Evictor, KeyHashState, KeyHasher, KeyedLimiter, KeyedLimiterBuilder,
+    KeyedReservation, SetLimitError, MAX_PRESIZE,
 };
 pub use limit::{
     Inherit, Limit, LimitError, LimitField, Refill, MAX_CAPACITY, MAX_INTERVAL, MIN_HORIZON,

@@ -1,6 +1,7 @@
 //! Reservations: tokens taken now that can be given back.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::decision::{Decision, InsufficientCapacity};
@@ -8,7 +9,7 @@ use crate::TokenBucket;
 
 /// Reservations on a bucket.
 impl<C: Clock> TokenBucket<C> {
-    /// Takes `n` tokens as a [`Reservation`](crate::Reservation): keep it (drop it) and the
+    /// Takes `n` tokens as a [`Reservation`]: keep it (drop it) and the
     /// tokens stay spent; [`cancel`](crate::Reservation::cancel) it and they come back.
     ///
     /// ```
@@ -22,23 +23,66 @@ impl<C: Clock> TokenBucket<C> {
     /// ```
     ///
     /// # Errors
-    /// [`ReserveError::Denied`](crate::ReserveError::Denied) with the denial when the tokens are
-    /// not there; [`ReserveError::InsufficientCapacity`](crate::ReserveError::InsufficientCapacity)
+    /// [`ReserveError::Denied`] with the denial when the tokens are
+    /// not there; [`ReserveError::InsufficientCapacity`]
     /// when `n` exceeds the capacity.
     pub fn reserve(&self, n: u64) -> Result<Reservation<'_, C>, ReserveError> {
         let (d, node) = self.take_tracked(n)?;
         if d.is_denied() {
             return Err(ReserveError::Denied(d));
         }
-        Ok(Reservation::new(self, n, d, node))
+        Ok(Reservation::new(Handle::Borrowed(self), n, d, node))
+    }
+
+    /// [`reserve`](TokenBucket::reserve) for a bucket in an `Arc`: the reservation holds the
+    /// bucket itself, so it can be stored or moved anywhere (`'static`).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tollgate::{Limit, Reservation, TokenBucket};
+    /// let bucket = Arc::new(TokenBucket::new(Limit::per_hour(10)?));
+    /// let r: Reservation<'static, _> = bucket.reserve_owned(4).unwrap();
+    /// let handle = std::thread::spawn(move || r.cancel().remaining());
+    /// assert_eq!(handle.join().unwrap(), 10);
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`reserve`](TokenBucket::reserve).
+    pub fn reserve_owned(
+        self: &Arc<Self>,
+        n: u64,
+    ) -> Result<Reservation<'static, C>, ReserveError> {
+        let (d, node) = self.take_tracked(n)?;
+        if d.is_denied() {
+            return Err(ReserveError::Denied(d));
+        }
+        Ok(Reservation::new(Handle::Owned(self.clone()), n, d, node))
     }
 }
 
-/// Tokens taken by [`TokenBucket::reserve`]. Dropping it keeps them spent;
-/// [`cancel`](Reservation::cancel) gives them back.
+/// The bucket a reservation gives back to: borrowed, or shared through an `Arc`.
+enum Handle<'a, C: Clock> {
+    Borrowed(&'a TokenBucket<C>),
+    Owned(Arc<TokenBucket<C>>),
+}
+
+impl<C: Clock> std::ops::Deref for Handle<'_, C> {
+    type Target = TokenBucket<C>;
+    fn deref(&self) -> &TokenBucket<C> {
+        match self {
+            Handle::Borrowed(b) => b,
+            Handle::Owned(b) => b,
+        }
+    }
+}
+
+/// Tokens taken by [`TokenBucket::reserve`] (or [`reserve_owned`](TokenBucket::reserve_owned):
+/// `Reservation<'static, C>`). Dropping it keeps them spent; [`cancel`](Reservation::cancel)
+/// gives them back.
 #[must_use = "dropping a reservation keeps its tokens spent; call cancel() to give them back"]
 pub struct Reservation<'a, C: Clock> {
-    bucket: &'a TokenBucket<C>,
+    bucket: Handle<'a, C>,
     n: u64,
     decision: Decision,
     /// The limit (the bucket's node) the tokens were taken under.
@@ -46,7 +90,7 @@ pub struct Reservation<'a, C: Clock> {
 }
 
 impl<'a, C: Clock> Reservation<'a, C> {
-    pub(crate) fn new(bucket: &'a TokenBucket<C>, n: u64, decision: Decision, node: usize) -> Self {
+    fn new(bucket: Handle<'a, C>, n: u64, decision: Decision, node: usize) -> Self {
         Reservation {
             bucket,
             n,
@@ -130,4 +174,5 @@ impl fmt::Display for ReserveError {
     }
 }
 
+/// No `source()`: the wrapped [`InsufficientCapacity`]'s message is this one's.
 impl std::error::Error for ReserveError {}

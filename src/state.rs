@@ -184,7 +184,7 @@ mod tests {
 
     #[test]
     fn undo_never_resurrects_a_capped_refill() {
-        // contract §2's case: C = 1, q = 1. A take at step 0 empties the bucket (mark 0).
+        // The case of contract §2: C = 1, q = 1. A take at step 0 empties the bucket (mark 0).
         let s = Steps::new(1, 1, 1, 10);
         let taken = step(&s, s.full(0), 0, 1);
         let after_take = taken.write.unwrap();

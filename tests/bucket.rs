@@ -1,4 +1,4 @@
-//! contract §1–2 rule by rule, and the edges: capacity 1, the largest capacity, R = C, the
+//! The contract, §1–2, rule by rule, and the edges: capacity 1, the largest capacity, R = C, the
 //! shortest and longest intervals, the wrap horizon.
 #![cfg(not(loom))]
 

@@ -1,4 +1,4 @@
-//! contract §5, client IP behind proxies, as a property: over any mix of `Forwarded` and
+//! Contract §5, client IP behind proxies, as a property: over any mix of `Forwarded` and
 //! `X-Forwarded-For` lines, peers and trusted sets, the key is the rightmost untrusted hop of
 //! the one named header, or the peer when it is not trusted; the other header never matters.
 #![cfg(all(feature = "http", not(loom)))]

@@ -13,6 +13,7 @@ use pin_project_lite::pin_project;
 pin_project! {
     /// The response body: the inner service's, or the layer's own problem body.
     #[project = BodyProj]
+    #[non_exhaustive]
     pub enum ResponseBody<B> {
         /// The inner service's body.
         Inner {
@@ -23,6 +24,15 @@ pin_project! {
         Full {
             data: Option<Bytes>,
         },
+    }
+}
+
+impl<B: std::fmt::Debug> std::fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResponseBody::Inner { body } => f.debug_struct("Inner").field("body", body).finish(),
+            ResponseBody::Full { data } => f.debug_struct("Full").field("data", data).finish(),
+        }
     }
 }
 

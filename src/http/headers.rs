@@ -143,6 +143,57 @@ impl Headers {
     }
 }
 
+/// The layer's rate-limit headers for servers that are not tower services (another framework, a
+/// binding to another language): the same fields, computed by the same code as
+/// [`RateLimitLayer`](super::RateLimitLayer)'s.
+///
+/// ```
+/// use tollgate::http::{HeaderStyle, HeaderWriter};
+/// use tollgate::{Limit, TokenBucket};
+/// let limit = Limit::per_minute(60)?;
+/// let writer = HeaderWriter::new("default", &limit, HeaderStyle::Ietf).unwrap();
+/// let bucket = TokenBucket::new(limit);
+/// let mut headers = http::HeaderMap::new();
+/// writer.apply(&bucket.check(), &mut headers);
+/// assert_eq!(headers["ratelimit-policy"], "\"default\";q=60;w=60");
+/// assert_eq!(headers["ratelimit"], "\"default\";r=59;t=1");
+/// # Ok::<(), tollgate::LimitError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct HeaderWriter(Headers);
+
+impl HeaderWriter {
+    /// Headers for the policy named `policy` whose usual limit is `limit` (a decision under
+    /// another limit, such as a key's tier, describes its own).
+    ///
+    /// # Errors
+    /// [`PolicyNameError`] when `policy` cannot be written as a Structured Fields string.
+    pub fn new(
+        policy: &str,
+        limit: &Limit,
+        style: HeaderStyle,
+    ) -> Result<HeaderWriter, PolicyNameError> {
+        Headers::new(style, policy, limit).map(HeaderWriter)
+    }
+
+    /// Appends `RateLimit` and `RateLimit-Policy` (and with [`HeaderStyle::IetfAndLegacy`] the
+    /// legacy fields) for `decision`; nothing for a degraded decision.
+    pub fn apply(&self, decision: &Decision, headers: &mut HeaderMap) {
+        self.0.apply(decision, headers);
+    }
+
+    /// `Retry-After` for a denial: whole seconds, rounded up, at least 1.
+    pub fn retry_after(decision: &Decision) -> HeaderValue {
+        retry_after(decision.retry_after())
+    }
+
+    /// An RFC 9457 problem body (`application/problem+json`) for `status` with `detail`: the
+    /// content type and the body.
+    pub fn problem(status: StatusCode, detail: &str) -> (HeaderValue, bytes::Bytes) {
+        problem(status, detail)
+    }
+}
+
 /// `RateLimit-Policy`: `name;q=<capacity>;w=<seconds to refill from empty, at least 1>`.
 fn policy_value(name: &str, rate: &Rate) -> HeaderValue {
     let (q, w) = (rate.cap, ceil_secs(rate.time_to_fill()).max(1));

@@ -50,7 +50,7 @@ use tower_service::Service;
 
 pub use backend::{Backend, Verdict};
 pub use body::ResponseBody;
-pub use headers::{HeaderStyle, PolicyNameError};
+pub use headers::{HeaderStyle, HeaderWriter, PolicyNameError};
 pub use key::{Key, KeyExtractor, PeerAddr, RequestInfo};
 pub use proxies::{CidrError, ForwardedHeader, TrustedProxies};
 
@@ -395,6 +395,16 @@ pin_project! {
         #[pin]
         state: State<S, B, ReqBody>,
         config: Option<Arc<Config<B>>>,
+    }
+}
+
+impl<S, B, ReqBody> std::fmt::Debug for ResponseFuture<S, B, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+    B: Backend,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 

@@ -152,7 +152,8 @@ impl ForwardedHeader {
     }
 }
 
-/// The client address behind trusted proxies (see [`KeyExtractor::client_ip`]).
+/// The client address behind trusted proxies (see
+/// [`KeyExtractor::client_ip`](super::KeyExtractor::client_ip)).
 pub(super) fn client_ip(
     req: &RequestInfo<'_>,
     trusted: &TrustedProxies,

@@ -16,7 +16,7 @@ use crate::limit::Limit;
 use crate::limits::Limits;
 use crate::sync::{AtomicU64, AtomicUsize, Mutex};
 
-/// The most keys [`KeyedLimiterBuilder::capacity`] presizes the maps for (2^24); they grow on
+/// The most keys [`KeyedLimiterBuilder::expected_keys`] presizes the maps for (2^24); they grow on
 /// demand beyond it.
 pub const MAX_PRESIZE: usize = 1 << 24;
 
@@ -114,13 +114,6 @@ impl<K, S> KeyedLimiterBuilder<K, S> {
     pub fn expected_keys(mut self, keys: usize) -> Self {
         self.expected_keys = keys;
         self
-    }
-
-    /// Renamed [`expected_keys`](KeyedLimiterBuilder::expected_keys): a capacity counts tokens
-    /// everywhere else.
-    #[deprecated(since = "0.1.0", note = "renamed `expected_keys`")]
-    pub fn capacity(self, keys: usize) -> Self {
-        self.expected_keys(keys)
     }
 
     /// Per-key limits (tiers: free / pro / internal). Tier 0 is the builder's limit, tier `i`

@@ -20,15 +20,22 @@ use std::hash::{BuildHasher, Hasher};
 ///     (0..8).map(|i| b.hash_one(i)).collect::<Vec<_>>(),
 /// );
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct KeyHasher(foldhash::fast::RandomState);
 
+/// Opaque: the seed stays out of logs.
+impl std::fmt::Debug for KeyHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyHasher")
+    }
+}
+
 impl BuildHasher for KeyHasher {
-    type Hasher = KeyHash;
+    type Hasher = KeyHashState;
 
     #[inline(always)]
-    fn build_hasher(&self) -> KeyHash {
-        KeyHash(self.0.build_hasher())
+    fn build_hasher(&self) -> KeyHashState {
+        KeyHashState(self.0.build_hasher())
     }
 }
 
@@ -43,15 +50,15 @@ impl BuildHasher for KeyHasher {
 /// let _ = h.finish();
 /// ```
 #[derive(Clone)]
-pub struct KeyHash(foldhash::fast::FoldHasher<'static>);
+pub struct KeyHashState(foldhash::fast::FoldHasher<'static>);
 
-impl std::fmt::Debug for KeyHash {
+impl std::fmt::Debug for KeyHashState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("KeyHash")
+        f.write_str("KeyHashState")
     }
 }
 
-impl Hasher for KeyHash {
+impl Hasher for KeyHashState {
     #[inline(always)]
     fn finish(&self) -> u64 {
         self.0.finish()

@@ -84,7 +84,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         d
     }
 
-    /// the contract's exact peek at `key` (as `try_acquire_key(key, 0)`) ahead of a request for `n`
+    /// The contract's exact peek at `key` (as `try_acquire_key(key, 0)`) ahead of a request for `n`
     /// tokens: counted in the stats only as the denial it foretells, if it does (a grant is
     /// counted by the take that follows).
     pub(crate) fn peek_for<Q>(&self, key: &Q, n: u64) -> Result<Decision, InsufficientCapacity>

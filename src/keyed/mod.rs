@@ -3,47 +3,50 @@
 //!
 //! # Protocol
 //!
-//! - Hit: hash the key once, pick the shard from the hash, `get` under a pinned guard, then the
-//!   bucket's own CAS loop on the cell in place. No allocation, no map write.
-//! - First touch: `try_insert_with` the slot's untouched bucket (full, but for a `Keep` raise)
-//!   at the step of a clock reading taken after the miss (never the caller's earlier, possibly
-//!   stale one: its key may have been evicted since, and a bucket recreated at the old step
-//!   would refill those steps twice), already charged; racing first touches create one bucket
+//! - Hit (`hit.rs`): hash the key once, pick the shard from the hash, `get` under a pinned guard,
+//!   then the bucket's own CAS loop on the cell in place. No allocation, no map write.
+//! - First touch (`first_touch.rs`): `try_insert_with` the slot's untouched bucket (full, but for a
+//!   `Keep` raise) at the step of a clock reading taken after the miss (never the caller's earlier,
+//!   possibly stale one: its key may have been evicted since, and a bucket recreated at the old
+//!   step would refill those steps twice), already charged; racing first touches create one bucket
 //!   (the losers look the key up again).
-//! - Eviction: a bucket is removed only when [`is_evictable`](crate::state::Steps::is_evictable):
-//!   full, and already full `idle_steps` ago. The evictor first swaps the word to the tombstone
-//!   with a CAS from the word it checked (so no acquire landed in between), then removes the
-//!   entry. An acquire that meets a tombstone helps remove it and looks the key up again.
-//!   Because all buckets share one epoch, a full bucket and a fresh one decide identically:
-//!   eviction is invisible as long as the clock never steps back by more than `idle_ttl`.
-//! - Memory: a new key that finds its shard at twice the size its last sweep left sweeps the
-//!   shard first. The work is amortized O(1) per new key and never more than one shard (a
-//!   `1/shards` slice of the map) at a time. At the key cap a shard is swept after an eighth of
-//!   its size in refused keys, or when a quarter of `idle_ttl` has passed since its last sweep,
-//!   before the [`AtCapacity`] policy applies.
-//! - Limit changes: every limit a key can be under is a *slot* (the tiers first, then one per
-//!   change, at most [`MAX_SLOTS`]); a key's slot is kept in spare bits of its stored hash. A
-//!   change adds a slot, records its time and policy on the old one and marks it replaced
-//!   (Release), then points the tier at the new slot. A call that finds its key under a
-//!   replaced slot seals the word (CAS to [`SEALED`](crate::state::SEALED), distinct from the
-//!   tombstone, so no helper removes the entry), converts it through every change since
-//!   ([`state::convert`]) and replaces the entry; calls meeting the seal wait for the
-//!   replacement. A call that raced the change onto the old slot is ordered before it: the
+//! - Eviction (`sweep.rs`): a bucket is removed only when
+//!   [`is_evictable`](crate::steps::Steps::is_evictable): full, and already full `idle_steps` ago.
+//!   The evictor first swaps the word to the tombstone with a CAS from the word it checked (so no
+//!   acquire landed in between), then removes the entry. An acquire that meets a tombstone helps
+//!   remove it and looks the key up again. Because all buckets share one epoch, a full bucket and a
+//!   fresh one decide identically: eviction is invisible as long as the clock never steps back by
+//!   more than `idle_ttl`.
+//! - Memory (`sweep.rs`, the key cap in `first_touch.rs`): a new key that finds its shard at twice
+//!   the size its last sweep left sweeps the shard first. The work is amortized O(1) per new key
+//!   and never more than one shard (a `1/shards` slice of the map) at a time. At the key cap a
+//!   shard is swept after an eighth of its size in refused keys, or when a quarter of `idle_ttl`
+//!   has passed since its last sweep, before the [`AtCapacity`] policy applies.
+//! - Limit changes (`slots.rs`, the move of a key in `migrate.rs`): every limit a key can be under
+//!   is a *slot* (the tiers first, then one per change, at most
+//!   [`MAX_LIMITS`](crate::limits::MAX_LIMITS)); a key's slot is kept in spare bits of its stored
+//!   hash. A change adds a slot, records its time and policy on the old one and marks it replaced
+//!   (Release), then points the tier at the new slot. A call that finds its key under a replaced
+//!   slot seals the word (CAS to [`SEALED`](crate::steps::SEALED), distinct from the tombstone, so
+//!   no helper removes the entry), converts it through every change since
+//!   ([`convert`](crate::state::convert)) and replaces the entry; calls meeting the seal wait for
+//!   the replacement. A call that raced the change onto the old slot is ordered before it: the
 //!   conversion then applies from that call's step. The seal is the one place a call waits for
-//!   another: calls on that one key yield until the migrating call has copied the key and
-//!   replaced the entry (a clone and one map insert; longer only if that thread is descheduled
-//!   meanwhile, until it runs again). A panic in the key's `Clone` or `Eq` during the move puts
-//!   the word back (the key is never left sealed). Each slot also holds its untouched bucket
-//!   (what the changes made of a bucket no call touched), which is what a first touch gets and
-//!   what eviction compares with, so eviction stays invisible across changes.
+//!   another: calls on that one key yield until the migrating call has copied the key and replaced
+//!   the entry (a clone and one map insert; longer only if that thread is descheduled meanwhile,
+//!   until it runs again). A panic in the key's `Clone` or `Eq` during the move puts the word back
+//!   (the key is never left sealed). Each slot also holds its untouched bucket (what the changes
+//!   made of a bucket no call touched), which is what a first touch gets and what eviction compares
+//!   with, so eviction stays invisible across changes.
 
 mod builder;
 mod evictor;
 mod first_touch;
 mod hasher;
 mod hit;
-pub(crate) mod map;
+mod map;
 mod migrate;
+mod reserve;
 mod slots;
 mod sweep;
 mod update;
@@ -56,7 +59,8 @@ use crossbeam_utils::CachePadded;
 pub use builder::{KeyedLimiterBuilder, MAX_PRESIZE};
 pub use evictor::Evictor;
 pub use first_touch::AtCapacity;
-pub use hasher::{KeyHash, KeyHasher};
+pub use hasher::{KeyHashState, KeyHasher};
+pub use reserve::KeyedReservation;
 pub use slots::SetLimitError;
 
 use crate::bucket::TokenBucket;

@@ -1,5 +1,5 @@
 //! The limits keys can be under (*slots*): the tiers first, then one per live limit change, in
-//! one append-only [`Limits`] list. Each slot holds its limit, its untouched bucket (what the
+//! one append-only [`Limits`](crate::limits::Limits) list. Each slot holds its limit, its untouched bucket (what the
 //! changes made of a bucket no call touched) and, once replaced, the change that replaced it.
 
 use super::KeyedLimiter;
@@ -164,7 +164,7 @@ impl<K, S> KeyedLimiter<K, S> {
     /// ```
     /// use tollgate::{Inherit, KeyedLimiter, Limit};
     /// let limiter: KeyedLimiter<String> = KeyedLimiter::new(Limit::per_minute(10)?);
-    /// limiter.try_acquire_key("alice", 4).unwrap(); // 6 left of 10
+    /// let _ = limiter.try_acquire_key("alice", 4).unwrap(); // 6 left of 10
     /// limiter.set_limit(Limit::per_minute(100)?, Inherit::Proportional).unwrap();
     /// assert_eq!(limiter.snapshot_key("alice").remaining(), 60);
     /// assert_eq!(limiter.snapshot_key("bob").remaining(), 100); // untouched: full
@@ -206,7 +206,7 @@ impl<K, S> KeyedLimiter<K, S> {
     /// let limiter: KeyedLimiter<u32> = KeyedLimiter::builder(Limit::per_minute(10)?)
     ///     .tiers([Limit::per_minute(100)?], |id: &u32| usize::from(*id >= 1_000))
     ///     .build();
-    /// limiter.try_acquire_key(&1_001, 30).unwrap(); // a pro key: 70 left of 100
+    /// let _ = limiter.try_acquire_key(&1_001, 30).unwrap(); // a pro key: 70 left of 100
     /// limiter.set_tier_limit(1, Limit::per_minute(50)?, Inherit::Keep).unwrap();
     /// assert_eq!(limiter.snapshot_key(&1_001).remaining(), 50); // capped at the new capacity
     /// assert_eq!(limiter.snapshot_key(&1).remaining(), 10); // tier 0 unchanged

@@ -32,15 +32,15 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     /// `key`'s bucket as it is now, consuming nothing and creating nothing (a key without a
     /// bucket is full). Because nothing is stored for a new key, a later call whose clock reads
     /// earlier than this one (a stale reading) sees a fresh bucket marked at its own step; for
-    /// the contract's exact peek, which records the new bucket, use `try_acquire_key(key, 0)`. The same
-    /// holds for `refund_key`, `add_tokens_key` and `reset_key` on a key without a bucket.
+    /// the exact peek of the contract, which records the new bucket, use
+    /// `try_acquire_key(key, 0)`. The same holds for `refund_key`, `add_tokens_key` and `reset_key` on a key without a bucket.
     ///
     /// ```
     /// use tollgate::{KeyedLimiter, Limit};
     /// let limiter: KeyedLimiter<String> = KeyedLimiter::new(Limit::per_hour(5)?);
     /// assert_eq!(limiter.snapshot_key("new").remaining(), 5);
     /// assert!(limiter.is_empty());
-    /// limiter.try_acquire_key("k", 2).unwrap();
+    /// let _ = limiter.try_acquire_key("k", 2).unwrap();
     /// assert_eq!(limiter.snapshot_key("k").remaining(), 3);
     /// # Ok::<(), tollgate::LimitError>(())
     /// ```
@@ -57,7 +57,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     /// ```
     /// use tollgate::{KeyedLimiter, Limit};
     /// let limiter: KeyedLimiter<u64> = KeyedLimiter::new(Limit::per_hour(5)?);
-    /// limiter.try_acquire_key(&1, 4).unwrap();
+    /// let _ = limiter.try_acquire_key(&1, 4).unwrap();
     /// assert_eq!(limiter.refund_key(&1, 3).remaining(), 4);
     /// # Ok::<(), tollgate::LimitError>(())
     /// ```
@@ -74,7 +74,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     /// ```
     /// use tollgate::{KeyedLimiter, Limit};
     /// let limiter: KeyedLimiter<u64> = KeyedLimiter::new(Limit::per_hour(5)?);
-    /// limiter.try_acquire_key(&1, 5).unwrap();
+    /// let _ = limiter.try_acquire_key(&1, 5).unwrap();
     /// assert_eq!(limiter.add_tokens_key(&1, 2).remaining(), 2);
     /// # Ok::<(), tollgate::LimitError>(())
     /// ```
@@ -91,7 +91,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     /// ```
     /// use tollgate::{KeyedLimiter, Limit};
     /// let limiter: KeyedLimiter<u64> = KeyedLimiter::new(Limit::per_hour(5)?);
-    /// limiter.try_acquire_key(&1, 5).unwrap();
+    /// let _ = limiter.try_acquire_key(&1, 5).unwrap();
     /// assert_eq!(limiter.reset_key(&1).remaining(), 5);
     /// # Ok::<(), tollgate::LimitError>(())
     /// ```
@@ -106,7 +106,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     /// Applies `op` to `key`'s bucket. `op` never empties a bucket (it adds or fills), so a key
     /// without a bucket (or one being evicted) whose untouched bucket is full is full before
     /// and after: the answer is computed on a full word and nothing is inserted. (Only after a
-    /// change that raised the capacity with [`Inherit::Keep`] is an untouched bucket not full
+    /// change that raised the capacity with [`Inherit::Keep`](crate::Inherit::Keep) is an untouched bucket not full
     /// for a while; then the key's bucket is created first, by an exact peek.) With `only`,
     /// `op` gets `n` only for an entry under that slot, and 0 otherwise.
     fn update_key<Q>(

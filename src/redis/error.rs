@@ -9,11 +9,9 @@ use crate::limit::LimitError;
 /// Why a Redis-backed call failed.
 ///
 /// ```
-/// use std::error::Error;
 /// use tollgate::redis::{Outage, RedisLimitError};
 /// let e = RedisLimitError::Unavailable(Outage::Timeout(std::time::Duration::from_millis(50)));
 /// assert_eq!(e.to_string(), "redis unavailable: no answer within 50ms");
-/// assert!(e.source().is_some());
 /// ```
 #[derive(Debug)]
 #[non_exhaustive]
@@ -32,6 +30,12 @@ pub enum RedisLimitError {
     Unavailable(Outage),
     /// Redis answered something the script never returns (the reply, as integers).
     Protocol(Vec<i64>),
+    /// An explicit time (`try_acquire_at`) at or past 2^52 microseconds, which the script
+    /// cannot count exactly.
+    TimeOutOfRange {
+        /// The time given, in microseconds.
+        now_us: u64,
+    },
     /// The server runs in cluster mode, which this client does not follow (no `MOVED` / `ASK`
     /// redirects): keys on other nodes would fail. Connect to a single-node server.
     ClusterUnsupported,
@@ -50,6 +54,9 @@ impl fmt::Display for RedisLimitError {
             RedisLimitError::Protocol(reply) => {
                 write!(f, "unexpected answer from redis: {reply:?}")
             }
+            RedisLimitError::TimeOutOfRange { now_us } => {
+                write!(f, "time {now_us} us is past 2^52 microseconds")
+            }
             RedisLimitError::ClusterUnsupported => write!(
                 f,
                 "the redis server runs in cluster mode; tollgate's Redis client is single-node \
@@ -59,15 +66,14 @@ impl fmt::Display for RedisLimitError {
     }
 }
 
+/// The message of a wrapped error is part of this one's `Display`, so `source()` goes on from
+/// the wrapped error's own source (a report never prints one message twice).
 impl std::error::Error for RedisLimitError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            RedisLimitError::UnsupportedLimit(e) => Some(e),
-            RedisLimitError::InvalidLimit(e) => Some(e),
-            RedisLimitError::InsufficientCapacity(e) => Some(e),
-            RedisLimitError::InvalidUrl(e) => Some(e),
-            RedisLimitError::Unavailable(e) => Some(e),
-            RedisLimitError::Protocol(_) | RedisLimitError::ClusterUnsupported => None,
+            RedisLimitError::InvalidUrl(e) => e.source(),
+            RedisLimitError::Unavailable(e) => e.source(),
+            _ => None,
         }
     }
 }
@@ -106,11 +112,6 @@ pub enum UnsupportedLimit {
         /// The reduced denominator, in microseconds.
         b_us: u64,
     },
-    /// An explicit time at or past 2^52 microseconds.
-    TimeTooLate {
-        /// The time given, in microseconds.
-        now_us: u64,
-    },
 }
 
 impl fmt::Display for UnsupportedLimit {
@@ -126,9 +127,6 @@ impl fmt::Display for UnsupportedLimit {
             }
             UnsupportedLimit::RateTooFine { a, b_us } => {
                 write!(f, "the reduced rate {a}/{b_us} us multiplies past 2^52")
-            }
-            UnsupportedLimit::TimeTooLate { now_us } => {
-                write!(f, "time {now_us} us is past 2^52 microseconds")
             }
         }
     }
@@ -161,11 +159,12 @@ impl fmt::Display for Outage {
     }
 }
 
+/// As for [`RedisLimitError`]: the Redis error's message is this one's, its source is ours.
 impl std::error::Error for Outage {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Outage::Timeout(_) => None,
-            Outage::Redis(e) => Some(e),
+            Outage::Redis(e) => e.source(),
         }
     }
 }

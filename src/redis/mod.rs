@@ -145,10 +145,12 @@ impl RedisLimiterBuilder {
     /// Connects (a multiplexed connection that reconnects by itself).
     ///
     /// # Errors
-    /// [`RedisLimitError::UnsupportedLimit`] when the limit needs what the script cannot do exactly (an
-    /// interval that is not whole microseconds, more than one token per microsecond, or a rate
-    /// whose reduced numbers multiply past 2^52); [`RedisLimitError::Unavailable`] when the
-    /// first connection fails within the timeout.
+    /// [`RedisLimitError::UnsupportedLimit`] when the limit needs what the script cannot do
+    /// exactly (an interval that is not whole microseconds, more than one token per
+    /// microsecond, or a rate whose reduced numbers multiply past 2^52);
+    /// [`RedisLimitError::InvalidUrl`] for a URL that is not Redis's;
+    /// [`RedisLimitError::Unavailable`] when the first connection fails within four timeouts
+    /// (at least 400 ms); [`RedisLimitError::ClusterUnsupported`] for a server in cluster mode.
     pub async fn connect(self) -> Result<RedisLimiter, RedisLimitError> {
         let limit = self.limit;
         let steps = *limit.steps();
@@ -179,13 +181,11 @@ impl RedisLimiterBuilder {
             .set_response_timeout(Some(self.timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let con = tokio::time::timeout(
-            self.timeout.max(Duration::from_millis(100)) * 4,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| RedisLimitError::Unavailable(Outage::Timeout(self.timeout)))?
-        .map_err(|e| RedisLimitError::Unavailable(Outage::Redis(e)))?;
+        let wait = self.timeout.max(Duration::from_millis(100)) * 4;
+        let con = tokio::time::timeout(wait, ConnectionManager::new_with_config(client, config))
+            .await
+            .map_err(|_| RedisLimitError::Unavailable(Outage::Timeout(wait)))?
+            .map_err(|e| RedisLimitError::Unavailable(Outage::Redis(e)))?;
         check_server(&con, self.timeout).await?;
         Ok(RedisLimiter {
             con,
@@ -302,7 +302,8 @@ impl RedisLimiter {
     /// Unix epoch) instead of the server's: for deterministic tests. Sets no expiry.
     ///
     /// # Errors
-    /// As [`try_acquire`](RedisLimiter::try_acquire).
+    /// As [`try_acquire`](RedisLimiter::try_acquire), and
+    /// [`RedisLimitError::TimeOutOfRange`] for a time at or past 2^52 microseconds.
     pub async fn try_acquire_at(
         &self,
         key: &[u8],
@@ -310,9 +311,7 @@ impl RedisLimiter {
         now_us: u64,
     ) -> Result<Decision, RedisLimitError> {
         if now_us >= LUA_EXACT {
-            return Err(RedisLimitError::UnsupportedLimit(
-                UnsupportedLimit::TimeTooLate { now_us },
-            ));
+            return Err(RedisLimitError::TimeOutOfRange { now_us });
         }
         self.call(key, n, Some(now_us)).await
     }

@@ -304,7 +304,7 @@ pub fn check_trace(cap: u64, amount: u64, interval_ns: u64, greedy: bool, ops: &
                 let d = r.cancel();
                 let _ = model.acquire(t, 0);
                 without.replay(t, 0, false);
-                // contract §2: an undo gives back at most what the history without the take holds,
+                // Contract §2: an undo gives back at most what the history without the take holds,
                 // and takes nothing.
                 let most = if granted_since {
                     without.params().0
