@@ -6,8 +6,9 @@
 Part 1, in process: checks per second over 1,000 hot keys, one thread, each library's
 in-memory limiter at a limit the run never reaches (the allowed path).
 Part 2, over HTTP: the same FastAPI app (bench/apps.py) under uvicorn (one worker), plain and
-behind each limiter, loaded by wrk over loopback with 1,000 API keys; req/s, and the share of
-the plain app's req/s each keeps. Prints one line per row, then the ratios.
+behind each limiter, loaded by wrk over loopback with 1,000 API keys, each app in turn for
+several rounds; the median req/s, the share of the plain app's it keeps, and the server's CPU
+time per request (from /proc: steadier than req/s on a shared machine).
 """
 
 from __future__ import annotations
@@ -40,20 +41,61 @@ def in_process(n: int) -> dict:
     from tollgate import KeyedLimiter, Limit
 
     rows = {}
-    tg = KeyedLimiter(Limit.per_second(10**9))
+    tg = KeyedLimiter(Limit(capacity=1_000_000, refill=1_000_000, interval=1.0))
     rows["tollgate KeyedLimiter.check"] = per_second(tg.check, n)
-    item = RateLimitItemPerSecond(10**9)
+    item = RateLimitItemPerSecond(1_000_000)
     for name, strategy in [
         ("limits FixedWindow.hit (slowapi's default)", strategies.FixedWindowRateLimiter),
         ("limits MovingWindow.hit", strategies.MovingWindowRateLimiter),
     ]:
         lim = strategy(storage.MemoryStorage())
         rows[name] = per_second(lambda k, lim=lim: lim.hit(item, k), n // 4)
-    pyrate = Limiter(Rate(10**9, Duration.SECOND))
+    # One in-memory bucket for all keys (pyrate-limiter's default): it does less per call than
+    # a bucket per key would.
+    pyrate = Limiter(Rate(1_000_000, Duration.SECOND))
     rows["pyrate-limiter try_acquire (fastapi-limiter's)"] = per_second(
         lambda k: pyrate.try_acquire(k, blocking=False), n // 4
     )
     return rows
+
+
+def middleware_overhead(n: int) -> tuple[float, float]:
+    """The middleware alone: µs per request through it around a bare ASGI app, and the bare
+    app's own, on one event loop (no server, no socket)."""
+    import asyncio
+
+    from tollgate import Limit
+    from tollgate.asgi import RateLimitMiddleware, header
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def send(message):
+        pass
+
+    async def receive():
+        return {"type": "http.request"}
+
+    limited = RateLimitMiddleware(
+        app, limit=Limit(capacity=10**6, refill=10**6, interval=1.0), key=header("x-api-key")
+    )
+    scopes = [
+        {"type": "http", "path": "/", "method": "GET",
+         "headers": [(b"host", b"bench"), (b"x-api-key", k.encode())]}
+        for k in KEYS
+    ]
+
+    async def time_it(target) -> float:
+        start = time.perf_counter()
+        for i in range(n):
+            await target(scopes[i % 1000], receive, send)
+        return (time.perf_counter() - start) * 1e6 / n
+
+    async def both():
+        return await time_it(app), await time_it(limited)
+
+    return asyncio.run(both())
 
 
 def free_port() -> int:
@@ -82,7 +124,13 @@ def serve(app: str):
             time.sleep(0.05)
 
 
-def wrk(port: int, seconds: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(port: int, seconds: int) -> tuple[float, int]:
     out = subprocess.run(
         ["wrk", "-t1", "-c32", f"-d{seconds}s", "-s", str(HERE / "keys.lua"),
          f"http://127.0.0.1:{port}/"],
@@ -92,20 +140,37 @@ def wrk(port: int, seconds: int) -> float:
     ).stdout
     if "Non-2xx" in out:
         raise RuntimeError(f"the load met errors or limits:\n{out}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    return rate, total
 
 
-def over_http(seconds: int) -> dict:
-    rows = {}
-    for app in ["plain", "tollgate_app", "slowapi_app", "fastapi_limiter_app"]:
-        proc, port = serve(app)
-        try:
+APPS = ["plain", "tollgate_app", "slowapi_app", "fastapi_limiter_app"]
+
+
+def over_http(seconds: int, rounds: int) -> dict:
+    """Each app in turn, `rounds` times (so a drift of the shared machine hits all alike);
+    per app the median req/s and the median server CPU time per request."""
+    servers = {app: serve(app) for app in APPS}
+    samples = {app: [] for app in APPS}
+    try:
+        for proc, port in servers.values():
             wrk(port, 1)  # warm-up
-            rows[app] = wrk(port, seconds)
-        finally:
+        for _ in range(rounds):
+            for app, (proc, port) in servers.items():
+                before = cpu_seconds(proc.pid)
+                rate, total = wrk(port, seconds)
+                cpu_us = (cpu_seconds(proc.pid) - before) * 1e6 / total
+                samples[app].append((rate, cpu_us))
+    finally:
+        for proc, _ in servers.values():
             proc.terminate()
             proc.wait()
-    return rows
+    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    return {
+        app: (median([r for r, _ in xs]), median([c for _, c in xs]))
+        for app, xs in samples.items()
+    }
 
 
 def main() -> None:
@@ -117,15 +182,21 @@ def main() -> None:
     for name, rate in rows.items():
         print(f"  {name:<50} {rate:>12,.0f} checks/s  {1e6 / rate:6.2f} us/check"
               f"  tollgate x{base / rate:.1f}")
+    bare, limited = middleware_overhead(20_000 if quick else 200_000)
+    print(f"\nthe ASGI middleware alone (no server): {limited - bare:.2f} us per request"
+          f" ({limited:.2f} through it, {bare:.2f} for the bare app)")
     if shutil.which("wrk") is None:
         print("\nno wrk on PATH: HTTP part skipped (apt-get install wrk)")
         return
-    print("\nover HTTP, uvicorn (1 worker), wrk -t1 -c32 over loopback, 1,000 API keys:")
-    http = over_http(3 if quick else 10)
-    plain = http["plain"]
-    for app, rate in http.items():
-        print(f"  {app:<22} {rate:>10,.0f} req/s  {100 * rate / plain:5.1f}% of plain")
-
+    rounds = 3 if quick else 5
+    seconds = 2 if quick else 5
+    print(f"\nover HTTP, uvicorn (1 worker each), wrk -t1 -c32 over loopback, 1,000 API keys,"
+          f" {rounds} rounds of {seconds} s per app, medians:")
+    http = over_http(seconds, rounds)
+    plain_rate, plain_cpu = http["plain"]
+    for app, (rate, cpu) in http.items():
+        print(f"  {app:<22} {rate:>8,.0f} req/s  {100 * rate / plain_rate:5.1f}% of plain"
+              f"   server CPU {cpu:7.1f} us/req  (+{cpu - plain_cpu:5.1f} us over plain)")
 
 if __name__ == "__main__":
     main()
