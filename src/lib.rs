@@ -71,6 +71,7 @@ mod keyed;
 mod limit;
 mod limits;
 mod multi;
+mod parse;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod reservation;
@@ -96,6 +97,7 @@ pub use limit::{
     MIN_INTERVAL,
 };
 pub use multi::{MultiBucket, MultiDecision, MultiKeyedLimiter};
+pub use parse::ParseLimitError;
 pub use reservation::{Reservation, ReserveError};
 pub use stats::Stats;
 #[cfg(loom)]

@@ -343,3 +343,62 @@ async fn stacked_layers_keep_each_others_members() {
     }
     assert!(got.header("retry-after").is_some());
 }
+
+/// Shadow mode: every request reaches the service, what the layer would have refused is
+/// counted, headers only when asked for, and switching it off at runtime (through any clone of
+/// the layer) enforces the limit at once.
+#[tokio::test]
+async fn shadow_mode_refuses_nothing_counts_and_switches_at_runtime() {
+    let clock = ManualClock::new();
+    let layer = RateLimitLayer::builder(limiter(&clock))
+        .key(KeyExtractor::api_key())
+        .shadow(true)
+        .build()
+        .unwrap();
+    let handle = layer.clone();
+    let addr = serve(api(layer)).await;
+    let c = client();
+    let key = [("x-api-key", "alice")];
+    for _ in 0..5 {
+        let got = send(&c, get_with(addr, "/api", &key)).await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.body, "hello");
+        assert_eq!(got.header("ratelimit"), None, "no headers unless asked for");
+        assert_eq!(got.header("retry-after"), None);
+    }
+    // No key would be a 401: it passes too.
+    assert_eq!(
+        send(&c, get_with(addr, "/api", &[])).await.status,
+        StatusCode::OK
+    );
+    // Capacity 3: two denials and the missing key.
+    assert_eq!(handle.would_deny(), 3);
+    handle.set_shadow(false);
+    assert!(!handle.is_shadow());
+    let got = send(&c, get_with(addr, "/api", &key)).await;
+    assert_eq!(got.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(got.header("retry-after"), Some("1"));
+    assert_eq!(
+        handle.would_deny(),
+        3,
+        "enforced: counted as refused, not as let through"
+    );
+
+    // With headers: clients see the would-be quota, never a Retry-After.
+    let layer = RateLimitLayer::builder(limiter(&clock))
+        .key(KeyExtractor::api_key())
+        .shadow(true)
+        .shadow_headers(true)
+        .build()
+        .unwrap();
+    let addr = serve(api(layer)).await;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let got = send(&c, get_with(addr, "/api", &key)).await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.header("retry-after"), None);
+        seen.push(got.header("ratelimit").map(str::to_owned));
+    }
+    let r = |n: u64| Some(format!("\"default\";r={n};t=1"));
+    assert_eq!(seen, [r(2), r(1), r(0), r(0)]);
+}

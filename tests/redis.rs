@@ -323,6 +323,24 @@ async fn http_keys_of_different_kinds_are_different_buckets() {
         let d = limiter.acquire(key, 1).await.unwrap().unwrap();
         assert!(d.is_denied(), "{key:?} spent its one token");
     }
+    // The names are a contract with other languages: the Python middleware writes the same.
+    let mut con = raw(&server).await;
+    let mut names: Vec<String> = redis::cmd("KEYS")
+        .arg("kinds:*")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "kinds:{b:1.2.3.4}",
+            "kinds:{g}",
+            "kinds:{h:*}",
+            "kinds:{i:1.2.3.4}",
+            "kinds:{t:1.2.3.4}"
+        ]
+    );
 }
 
 /// Issue 19, item 8: a limit whose bucket takes centuries to fill (2^32 tokens, one a day) runs:

@@ -1,6 +1,7 @@
-"""The same FastAPI app four ways, for `bench.py`: plain, and behind tollgate, slowapi and
-fastapi-limiter, each limiting per `x-api-key` with a limit the load never reaches (the
-allowed path is what every request pays)."""
+"""The same FastAPI app (an async endpoint) five ways, for `bench.py`: plain, and behind
+tollgate, slowapi (its BaseHTTPMiddleware and its ASGI middleware) and fastapi-limiter, each
+limiting per `x-api-key` with a limit the load never reaches (the allowed path is what every
+request pays)."""
 
 from fastapi import Depends, FastAPI, Request
 
@@ -11,7 +12,7 @@ def _app(**kwargs) -> FastAPI:
     app = FastAPI(**kwargs)
 
     @app.get("/")
-    def root():
+    async def root():
         return {"ok": True}
 
     return app
@@ -30,7 +31,7 @@ tollgate_app.add_middleware(
 
 # slowapi (on `limits`, in memory), as its docs set it up for a global default limit.
 from slowapi import Limiter as SlowLimiter  # noqa: E402
-from slowapi.middleware import SlowAPIMiddleware  # noqa: E402
+from slowapi.middleware import SlowAPIASGIMiddleware, SlowAPIMiddleware  # noqa: E402
 
 
 def _api_key(request: Request) -> str:
@@ -40,6 +41,13 @@ def _api_key(request: Request) -> str:
 slowapi_app = _app()
 slowapi_app.state.limiter = SlowLimiter(key_func=_api_key, default_limits=[f"{PER_KEY}/second"])
 slowapi_app.add_middleware(SlowAPIMiddleware)
+
+# slowapi's pure ASGI middleware (newer, not BaseHTTPMiddleware).
+slowapi_asgi_app = _app()
+slowapi_asgi_app.state.limiter = SlowLimiter(
+    key_func=_api_key, default_limits=[f"{PER_KEY}/second"]
+)
+slowapi_asgi_app.add_middleware(SlowAPIASGIMiddleware)
 
 # fastapi-limiter (on pyrate-limiter, in memory), as a route dependency.
 from fastapi_limiter.depends import RateLimiter  # noqa: E402
@@ -60,5 +68,5 @@ _dependency = RateLimiter(
 
 
 @fastapi_limiter_app.get("/", dependencies=[Depends(_dependency)])
-def _root():
+async def _root():
     return {"ok": True}

@@ -145,7 +145,7 @@ def wrk(port: int, seconds: int) -> tuple[float, int]:
     return rate, total
 
 
-APPS = ["plain", "tollgate_app", "slowapi_app", "fastapi_limiter_app"]
+APPS = ["plain", "tollgate_app", "slowapi_app", "slowapi_asgi_app", "fastapi_limiter_app"]
 
 
 def over_http(seconds: int, rounds: int) -> dict:

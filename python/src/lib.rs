@@ -89,13 +89,16 @@ fn redis_error(e: RedisLimitError) -> PyErr {
 fn timedelta<'py>(py: Python<'py>, d: Duration) -> PyResult<Bound<'py, PyAny>> {
     // timedelta(days, seconds, microseconds): microseconds rounded up (never a wait shorter
     // than the real one).
+    // Beyond `timedelta.max` (999,999,999 days), `timedelta.max`.
+    const MAX_SECS: u128 = 999_999_999 * 86_400 + 86_399;
     let micros = d.as_nanos().div_ceil(1_000);
-    let (secs, micros) = (micros / 1_000_000, micros % 1_000_000);
-    py.import("datetime")?.getattr("timedelta")?.call1((
-        0,
-        u64::try_from(secs).unwrap_or(u64::MAX),
-        micros as u32,
-    ))
+    let (secs, micros) = match (micros / 1_000_000, micros % 1_000_000) {
+        (secs, _) if secs > MAX_SECS => (MAX_SECS, 999_999),
+        other => other,
+    };
+    py.import("datetime")?
+        .getattr("timedelta")?
+        .call1((0, secs as u64, micros as u32))
 }
 
 /// A rate limit: a bucket of `capacity` tokens getting `refill` tokens back every `interval`
@@ -372,7 +375,8 @@ impl PyTokenBucket {
     /// Takes `n` tokens if they are there (0: a peek). Raises `InsufficientCapacity` when `n`
     /// exceeds the capacity.
     #[pyo3(signature = (n = 1))]
-    fn try_acquire(&self, n: u64) -> PyResult<PyDecision> {
+    fn try_acquire(&self, n: i64) -> PyResult<PyDecision> {
+        let n = count("n", n)?;
         self.0
             .try_acquire(n)
             .map(PyDecision)
@@ -385,13 +389,15 @@ impl PyTokenBucket {
     }
 
     /// Gives `n` tokens back, capped at the capacity.
-    fn refund(&self, n: u64) -> PyDecision {
-        PyDecision(self.0.refund(n))
+    fn refund(&self, n: i64) -> PyResult<PyDecision> {
+        let n = count("n", n)?;
+        Ok(PyDecision(self.0.refund(n)))
     }
 
     /// Adds `n` tokens, capped at the capacity.
-    fn add_tokens(&self, n: u64) -> PyDecision {
-        PyDecision(self.0.add_tokens(n))
+    fn add_tokens(&self, n: i64) -> PyResult<PyDecision> {
+        let n = count("n", n)?;
+        Ok(PyDecision(self.0.add_tokens(n)))
     }
 
     /// Fills the bucket.
@@ -401,7 +407,8 @@ impl PyTokenBucket {
 
     /// Takes `n` tokens as a `Reservation` (`granted` false when they are not there).
     #[pyo3(signature = (n = 1))]
-    fn reserve(&self, n: u64) -> PyResult<PyReservation> {
+    fn reserve(&self, n: i64) -> PyResult<PyReservation> {
+        let n = count("n", n)?;
         let result = self
             .0
             .reserve_owned(n)
@@ -434,7 +441,12 @@ fn with_key<R>(key: &Bound<'_, PyAny>, f: impl FnOnce(&str) -> R) -> PyResult<R>
 /// One bucket per key (str, bytes or int), in sharded concurrent maps; idle keys are evicted
 /// without changing any decision, so memory follows the active keys.
 #[pyclass(frozen, name = "KeyedLimiter", module = "tollgate")]
-struct PyKeyedLimiter(Arc<tollgate::KeyedLimiter<String>>);
+struct PyKeyedLimiter(
+    Arc<tollgate::KeyedLimiter<String>>,
+    /// Held for its `Drop`, which stops the background evictor.
+    #[allow(dead_code)]
+    tollgate::Evictor,
+);
 
 #[pymethods]
 impl PyKeyedLimiter {
@@ -446,7 +458,7 @@ impl PyKeyedLimiter {
     fn new(
         limit: &PyLimit,
         idle_ttl: Option<&Bound<'_, PyAny>>,
-        max_keys: Option<usize>,
+        max_keys: Option<i64>,
         at_capacity: &str,
     ) -> PyResult<Self> {
         let mut builder = tollgate::KeyedLimiter::builder(limit.0);
@@ -463,9 +475,14 @@ impl PyKeyedLimiter {
             }
         };
         if let Some(max) = max_keys {
+            let max = usize::try_from(count("max_keys", max)?).unwrap_or(usize::MAX);
             builder = builder.max_keys(max, policy);
         }
-        Ok(PyKeyedLimiter(Arc::new(builder.build())))
+        let limiter = Arc::new(builder.build());
+        // As the Rust HTTP layer does: a background pass every `eviction_period`, so memory
+        // comes back after a flood of keys even if no request follows (stops on drop).
+        let evictor = limiter.spawn_evictor(limiter.eviction_period());
+        Ok(PyKeyedLimiter(limiter, evictor))
     }
 
     /// Takes one token from `key`'s bucket.
@@ -475,7 +492,8 @@ impl PyKeyedLimiter {
 
     /// Takes `n` tokens from `key`'s bucket if they are there (0: a peek).
     #[pyo3(signature = (key, n = 1))]
-    fn try_acquire(&self, key: &Bound<'_, PyAny>, n: u64) -> PyResult<PyDecision> {
+    fn try_acquire(&self, key: &Bound<'_, PyAny>, n: i64) -> PyResult<PyDecision> {
+        let n = count("n", n)?;
         with_key(key, |k| self.0.try_acquire_key(k, n))?
             .map(PyDecision)
             .map_err(capacity_error)
@@ -487,12 +505,14 @@ impl PyKeyedLimiter {
     }
 
     /// Gives `n` tokens back to `key`'s bucket, capped at the capacity.
-    fn refund(&self, key: &Bound<'_, PyAny>, n: u64) -> PyResult<PyDecision> {
+    fn refund(&self, key: &Bound<'_, PyAny>, n: i64) -> PyResult<PyDecision> {
+        let n = count("n", n)?;
         with_key(key, |k| PyDecision(self.0.refund_key(k, n)))
     }
 
     /// Adds `n` tokens to `key`'s bucket, capped at the capacity.
-    fn add_tokens(&self, key: &Bound<'_, PyAny>, n: u64) -> PyResult<PyDecision> {
+    fn add_tokens(&self, key: &Bound<'_, PyAny>, n: i64) -> PyResult<PyDecision> {
+        let n = count("n", n)?;
         with_key(key, |k| PyDecision(self.0.add_tokens_key(k, n)))
     }
 
@@ -503,7 +523,8 @@ impl PyKeyedLimiter {
 
     /// Takes `n` tokens from `key` as a `Reservation` (`granted` false when they are not there).
     #[pyo3(signature = (key, n = 1))]
-    fn reserve(&self, key: &Bound<'_, PyAny>, n: u64) -> PyResult<PyReservation> {
+    fn reserve(&self, key: &Bound<'_, PyAny>, n: i64) -> PyResult<PyReservation> {
+        let n = count("n", n)?;
         let result = with_key(key, |k| {
             self.0
                 .reserve_key_owned(k, n)
@@ -512,9 +533,11 @@ impl PyKeyedLimiter {
         reservation(result, n)
     }
 
-    /// Evicts every idle full bucket now; returns how many (never needed for bounded memory).
-    fn evict_idle(&self) -> usize {
-        self.0.evict_idle()
+    /// Evicts every idle full bucket now; returns how many (never needed for bounded memory:
+    /// a background thread does it every `eviction_period`). Runs without the GIL.
+    fn evict_idle(&self, py: Python<'_>) -> usize {
+        let limiter = &self.0;
+        py.detach(|| limiter.evict_idle())
     }
 
     fn __len__(&self) -> usize {
@@ -597,8 +620,9 @@ impl PyRedisLimiter {
         &self,
         py: Python<'py>,
         key: &Bound<'_, PyAny>,
-        n: u64,
+        n: i64,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let n = count("n", n)?;
         let key = redis_key(key)?;
         let limiter = self.0.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {

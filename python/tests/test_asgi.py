@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 import http_sfv
 import httpx
 from fastapi import FastAPI
@@ -109,7 +111,9 @@ def test_keys_exemptions_costs_and_missing_keys(serve):
         r = client.post("/api/hello", headers={"x-api-key": "c"})
         assert r.status_code == 429 and "retry-after" not in r.headers
         assert "capacity of 5" in r.json()["detail"]
-    assert limiter.snapshot("b").remaining == 4
+    # Header keys are tagged by kind, as the Rust layer tags them.
+    assert limiter.snapshot(b"h:b").remaining == 4
+    assert limiter.snapshot("b").remaining == 5, "an untagged key is another bucket"
 
 
 def test_a_fallback_key_instead_of_401(serve):
@@ -144,3 +148,94 @@ def test_client_ip_behind_a_trusted_proxy_ignores_forged_headers(serve):
         # Another client has its own bucket; IPv6 clients are grouped per /64.
         assert get("198.51.100.7") == 200
         assert [get("2001:db8::1"), get("2001:db8::2"), get("2001:db8::3")] == [200, 200, 429]
+
+
+def call(middleware, scope):
+    """One request straight through the middleware (no server): (status, headers, body)."""
+    import asyncio
+
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    async def send(message):
+        sent.append(message)
+
+    base = {"type": "http", "method": "GET", "path": "/", "headers": [], "client": None}
+    asyncio.run(middleware({**base, **scope}, receive, send))
+    start = sent[0]
+    return start["status"], dict(start["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def ok_app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"x-ratelimit-limit", b"7")] if scope["path"] == "/inner" else []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_set_up_errors_are_500s_not_a_shared_bucket():
+    from tollgate.asgi import peer_ip
+
+    limit = Limit(capacity=5, refill=1, interval=60.0)
+    # An IP key on a server that passes no peer address (a unix socket, a test client).
+    mw = RateLimitMiddleware(ok_app, limit=limit, key=peer_ip(), missing_key="anon")
+    status, _, body = call(mw, {"client": None})
+    assert status == 500 and b"peer address" in body
+    status, _, _ = call(mw, {"client": ("testclient", 50000)})
+    assert status == 500
+    assert call(mw, {"client": ("192.0.2.1", 50000)})[0] == 200
+    # A key function returning something that is not a key, a cost that is not a count.
+    assert call(RateLimitMiddleware(ok_app, limit=limit, key=lambda s: 1.5), {})[0] == 500
+    assert call(RateLimitMiddleware(ok_app, limit=limit, cost=lambda s: -1), {})[0] == 500
+    assert call(RateLimitMiddleware(ok_app, limit=limit, cost=lambda s: 2), {})[0] == 200
+    for bad in [-1, 2**64, 1.5, True]:
+        with pytest.raises(ValueError, match="cost"):
+            RateLimitMiddleware(ok_app, limit=limit, cost=bad)
+    with pytest.raises(TypeError, match="not both"):
+        RateLimitMiddleware(ok_app, limit=limit, limiter=KeyedLimiter(limit))
+    with pytest.raises(TypeError, match="limiter"):
+        RateLimitMiddleware(ok_app, limiter=object())
+    with pytest.raises(ValueError, match="policy"):
+        RateLimitMiddleware(ok_app, limit=limit, policy="naïve")
+
+
+def test_exempt_paths_legacy_headers_and_the_innermost_legacy_values():
+    limit = Limit(capacity=5, refill=1, interval=60.0)
+    mw = RateLimitMiddleware(ok_app, limit=limit, exempt="/health", legacy_headers=True,
+                             policy="api")
+    status, headers, _ = call(mw, {"path": "/health"})
+    assert status == 200 and b"ratelimit" not in headers
+    # "/health" as a str is one path, not its characters: "/" is limited.
+    status, headers, _ = call(mw, {"path": "/"})
+    assert status == 200 and headers[b"ratelimit"].startswith(b'"api";r=4;t=')
+    assert headers[b"ratelimit-policy"] == b'"api";q=5;w=300'
+    assert headers[b"x-ratelimit-limit"] == b"5" and headers[b"x-ratelimit-remaining"] == b"4"
+    # An inner limiter's legacy value stays (one value per field), as in the Rust layer.
+    status, headers, _ = call(mw, {"path": "/inner"})
+    assert headers[b"x-ratelimit-limit"] == b"7"
+    assert b"ratelimit" in headers
+
+
+def test_keys_of_different_kinds_never_share_a_bucket():
+    limiter = KeyedLimiter(Limit(capacity=1, refill=1, interval=60.0))
+    by_fn = RateLimitMiddleware(ok_app, limiter=limiter, key=lambda s: "anon")
+    by_header = RateLimitMiddleware(ok_app, limiter=limiter, key=header("x-api-key"))
+    fallback = RateLimitMiddleware(ok_app, limiter=limiter, key=header("x-api-key"),
+                                   missing_key=b"anon")
+    assert call(by_fn, {})[0] == 200
+    assert call(by_header, {"headers": [(b"x-api-key", b"anon")]})[0] == 200
+    assert call(fallback, {})[0] == 200  # bytes "anon": a third bucket
+    assert call(by_fn, {})[0] == 429
+    assert len(limiter) == 3
+
+
+def test_counts_must_not_be_negative():
+    from tollgate import TokenBucket
+
+    bucket = TokenBucket(Limit.per_second(5))
+    for f in [bucket.try_acquire, bucket.refund, bucket.add_tokens, bucket.reserve]:
+        with pytest.raises(ValueError, match="n: must not be negative"):
+            f(-1)
+    with pytest.raises(ValueError, match="max_keys"):
+        KeyedLimiter(Limit.per_second(5), max_keys=-1)

@@ -142,3 +142,67 @@ def test_middleware_on_redis_and_a_503_when_it_dies(redis_server, serve):
         r = client.get("/", headers={"x-api-key": "k"})
     assert r.status_code == 503
     assert r.headers["retry-after"] == "1" and "ratelimit" not in r.headers
+
+
+def test_middleware_keys_are_the_rust_layers_keys(redis_server, serve):
+    # The Rust layer over Redis stores a header key as `<prefix>{h:<value>}`, the global key
+    # as `{g}`, a closure's text as `{t:<text>}` (src/redis/mod.rs, `Backend for
+    # RedisLimiter`): the middleware must write the very same keys to share the buckets.
+    import redis as redis_py
+
+    async def connect():
+        return await RedisLimiter.connect(
+            redis_server.url, Limit(capacity=10, refill=2, interval=3600.0), "kk:"
+        )
+
+    limiter = run(connect())
+    app = FastAPI()
+
+    @app.get("/")
+    def root():
+        return {"ok": True}
+
+    layered = RateLimitMiddleware(app, limiter=limiter, key=header("x-api-key"))
+    server = serve(layered)
+    with httpx.Client(base_url=server.url) as client:
+        assert client.get("/", headers={"x-api-key": "alice"}).status_code == 200
+    for key in [lambda s: "bob", None]:
+        server = serve(RateLimitMiddleware(app, limiter=limiter, key=key))
+        with httpx.Client(base_url=server.url) as client:
+            assert client.get("/").status_code == 200
+    names = sorted(redis_py.Redis(port=redis_server.port).keys("kk:*"))
+    assert names == [b"kk:{g}", b"kk:{h:alice}", b"kk:{t:bob}"]
+
+
+def test_middleware_when_the_limiter_raises_or_degrades(redis_server, serve):
+    limit = Limit(capacity=10, refill=2, interval=3600.0)
+
+    async def connect(on_failure):
+        return await RedisLimiter.connect(
+            redis_server.url, limit, "oe:", on_failure=on_failure, timeout=0.2
+        )
+
+    app = FastAPI()
+
+    @app.get("/")
+    def root():
+        return {"ok": True}
+
+    servers = {
+        name: serve(RateLimitMiddleware(app, limiter=run(connect(policy)), on_error=on_error))
+        for name, policy, on_error in [
+            ("raise-open", "error", "open"),
+            ("raise-closed", "error", "closed"),
+            ("degraded-open", "open", "open"),
+        ]
+    }
+    redis_server.kill()
+    got = {}
+    for name, server in servers.items():
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            got[name] = client.get("/")
+    assert got["raise-open"].status_code == 200
+    assert got["raise-closed"].status_code == 503
+    assert got["raise-closed"].headers["retry-after"] == "1"
+    assert got["degraded-open"].status_code == 200
+    assert "ratelimit" not in got["degraded-open"].headers

@@ -8,22 +8,31 @@
 ...                    key=header("x-api-key"))
 
 For each HTTP request that is not exempt, the middleware finds the request's key, asks the limiter
-for ``cost`` tokens, and then:
+for ``cost`` tokens, and then, as the Rust ``RateLimitLayer`` does:
 
 - allowed: calls the app and adds ``RateLimit`` and ``RateLimit-Policy`` (IETF
-  draft-ietf-httpapi-ratelimit-headers) to its response, the same fields the Rust layer writes;
+  draft-ietf-httpapi-ratelimit-headers), written by the Rust layer's own code;
 - denied: answers ``429 Too Many Requests`` itself, with those headers, ``Retry-After`` (whole
   seconds, at least 1) and an ``application/problem+json`` body; the app is not called. A cost
   above the capacity is a 429 without ``Retry-After`` (waiting cannot help);
-- no key: ``401`` with ``WWW-Authenticate`` (or the ``missing_key`` fallback key);
-- Redis down: the ``RedisLimiter``'s ``on_failure`` policy (a degraded denial is a ``503`` with
-  ``Retry-After: 1``, never a 429), or, when it raises, ``on_error``: ``"open"`` lets the request
-  through (and logs), ``"closed"`` answers 503.
+- no key: ``401`` with ``WWW-Authenticate`` (or the ``missing_key`` fallback key); a peer or
+  client IP key on a server that passes no peer address: ``500`` and an error log (a set-up
+  error, not the client's);
+- the limiter fails: a ``RedisLimiter``'s ``on_failure`` decides (a degraded denial is a ``503``
+  with ``Retry-After: 1``, never a 429); when it raises, ``on_error``: ``"open"`` lets the
+  request through (and logs), ``"closed"`` answers 503.
+
+Keys are tagged by kind exactly as the Rust layer tags them on Redis (``g``, ``i:<ip>``,
+``h:<header value>``, ``b:<token or bytes>``, ``t:<text>``), so a FastAPI service and a Rust
+service with the same key kind, limit and Redis prefix count against one bucket, and keys of
+different kinds never share one. WebSocket and lifespan scopes pass through unlimited.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import time
 from typing import Any, Awaitable, Callable, Iterable, MutableMapping, Optional, Union
 
 from ._tollgate import (
@@ -34,7 +43,6 @@ from ._tollgate import (
     KeyedLimiter,
     Limit,
     RedisLimiter,
-    RedisUnavailable,
 )
 
 __all__ = [
@@ -54,6 +62,21 @@ KeyFn = Callable[[Scope], Union[str, bytes, int, None]]
 
 log = logging.getLogger("tollgate")
 
+MAX_COST = 2**64 - 1
+
+
+class _NoPeer:
+    """What an IP key function returns when the server passed no peer address."""
+
+
+NO_PEER = _NoPeer()
+
+
+def _tagged(key_fn: Callable, challenge: str) -> Callable:
+    key_fn.tagged = True  # type: ignore[attr-defined]
+    key_fn.challenge = challenge  # type: ignore[attr-defined]
+    return key_fn
+
 
 def header(name: str) -> KeyFn:
     """The request's ``name`` header as the key. A header sent twice is no key (an app might
@@ -67,28 +90,27 @@ def header(name: str) -> KeyFn:
                 if found is not None:
                     return None
                 found = v
-        return found or None
+        return b"h:" + found if found else None
 
-    key.challenge = f'ApiKey header="{name.lower()}"'  # type: ignore[attr-defined]
-    return key
+    return _tagged(key, f'ApiKey header="{name.lower()}"')
 
 
 def bearer() -> KeyFn:
-    """The token of ``Authorization: Bearer <token>`` as the key (one header line only)."""
+    """The token of ``Authorization: Bearer <token>`` as the key (one header line only; the
+    scheme in any case)."""
     auth = header("authorization")
 
     def key(scope: Scope) -> Optional[bytes]:
         value = auth(scope)
         if value is None:
             return None
-        scheme, _, token = value.partition(b" ")
+        scheme, _, token = value[2:].partition(b" ")
         token = token.strip()
         if scheme.lower() != b"bearer" or not token:
             return None
-        return token
+        return b"b:" + token
 
-    key.challenge = "Bearer"  # type: ignore[attr-defined]
-    return key
+    return _tagged(key, "Bearer")
 
 
 def client_ip(
@@ -98,15 +120,19 @@ def client_ip(
     ``header`` they write (``"x-forwarded-for"`` or ``"forwarded"``): the rightmost hop that is
     not a trusted proxy, or the peer when the peer is not trusted, by the Rust layer's own code.
     Other forwarding headers are ignored, so no header a client sends chooses its key. IPv6
-    clients are keyed per /``ipv6_prefix``."""
+    clients are keyed per /``ipv6_prefix``. Run uvicorn with ``proxy_headers=False`` (or
+    ``--no-proxy-headers``): otherwise it rewrites the peer from X-Forwarded-For itself."""
     extractor = ClientIp(list(trusted), header, ipv6_prefix)
 
-    def key(scope: Scope) -> Optional[str]:
+    def key(scope: Scope) -> Union[bytes, None, _NoPeer]:
         client = scope.get("client")
-        return extractor.key(client[0] if client else None, list(scope.get("headers", ())))
+        peer = client[0] if client else None
+        if peer is None or not _is_ip(peer):
+            return NO_PEER
+        found = extractor.key(peer, [(k, v) for k, v in scope.get("headers", ())])
+        return b"i:" + found.encode() if found is not None else None
 
-    key.challenge = 'ClientIp realm="tollgate"'  # type: ignore[attr-defined]
-    return key
+    return _tagged(key, "RateLimitKey")
 
 
 def peer_ip(ipv6_prefix: int = 64) -> KeyFn:
@@ -114,21 +140,43 @@ def peer_ip(ipv6_prefix: int = 64) -> KeyFn:
     return client_ip((), ipv6_prefix=ipv6_prefix)
 
 
-def _global(scope: Scope) -> str:
-    return "global"
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _global(scope: Scope) -> bytes:
+    return b"g"
+
+
+_tagged(_global, "RateLimitKey")
+
+
+def _tag(key: Union[str, bytes, int]) -> bytes:
+    """A key from a user's function, tagged as the Rust layer tags `Key::Text` / `Key::Bytes`."""
+    if isinstance(key, bytes):
+        return b"b:" + key
+    if isinstance(key, str):
+        return b"t:" + key.encode("utf-8")  # lone surrogates raise: a bad key
+    if isinstance(key, int) and not isinstance(key, bool):
+        return b"t:" + str(key).encode()
+    raise TypeError(f"a rate-limit key is str, bytes or int, not {type(key).__name__}")
 
 
 class RateLimitMiddleware:
     """Rate-limits the HTTP requests of an ASGI app.
 
     ``limit`` builds an in-memory ``KeyedLimiter``; or pass ``limiter`` (a ``KeyedLimiter``, or a
-    ``RedisLimiter`` for a limit shared between processes). ``key``: a function of the ASGI
-    scope returning the key (str, bytes or int; None: no key); default: one global key.
-    ``cost``: tokens per request, or a function of the scope. ``exempt``: paths (exact) or a
-    function of the scope. ``missing_key``: the key of requests without one (default: answer 401).
-    ``policy``: the policy name in the headers. ``legacy_headers``: add ``X-RateLimit-*`` too.
-    ``on_error``: when the limiter raises (Redis down under ``on_failure="error"``): ``"open"``
-    or ``"closed"``.
+    ``RedisLimiter`` for a limit shared between processes), not both. ``key``: ``header(..)``,
+    ``bearer()``, ``client_ip(..)``, ``peer_ip()``, or a function of the ASGI scope returning
+    a str, bytes or int (None: no key); default: one global key. ``cost``: tokens per request
+    (0 ..= 2**64 - 1), or a function of the scope. ``exempt``: a path, paths (exact), or a
+    function of the scope. ``missing_key``: the key of requests without one (default: answer
+    401). ``policy``: the policy name in the headers. ``legacy_headers``: add
+    ``X-RateLimit-*`` too. ``on_error``: when the limiter raises, ``"open"`` or ``"closed"``.
     """
 
     def __init__(
@@ -139,40 +187,63 @@ class RateLimitMiddleware:
         limiter: Union[KeyedLimiter, RedisLimiter, None] = None,
         key: Optional[KeyFn] = None,
         cost: Union[int, Callable[[Scope], int]] = 1,
-        exempt: Union[Iterable[str], Callable[[Scope], bool]] = (),
+        exempt: Union[str, Iterable[str], Callable[[Scope], bool]] = (),
         missing_key: Union[str, bytes, int, None] = None,
         policy: str = "default",
         legacy_headers: bool = False,
         on_error: str = "open",
     ) -> None:
+        if (limit is None) == (limiter is None):
+            raise TypeError("RateLimitMiddleware needs limit= or limiter=, not both")
         if limiter is None:
-            if limit is None:
-                raise TypeError("RateLimitMiddleware needs limit= or limiter=")
             limiter = KeyedLimiter(limit)
+        if not isinstance(limiter, (KeyedLimiter, RedisLimiter)):
+            raise TypeError(
+                f"limiter: a KeyedLimiter or a RedisLimiter, not {type(limiter).__name__}"
+            )
         if on_error not in ("open", "closed"):
             raise ValueError(f'on_error: "open" or "closed", got {on_error!r}')
-        if not callable(cost) and (not isinstance(cost, int) or cost < 0):
-            raise ValueError(f"cost: a number of tokens (at least 0) or a function, got {cost!r}")
+        if not callable(cost) and not _valid_cost(cost):
+            raise ValueError(f"cost: a whole number of tokens in 0..=2**64-1, or a function, "
+                             f"got {cost!r}")
         self.app = app
         self.limiter = limiter
         self._async = isinstance(limiter, RedisLimiter)
         self.key = key or _global
+        self._tagged = getattr(self.key, "tagged", False)
         self.cost = cost
         if callable(exempt):
             self._exempt = exempt
         else:
-            paths = frozenset(exempt)
+            paths = frozenset((exempt,) if isinstance(exempt, str) else exempt)
             self._exempt = lambda scope: scope.get("path") in paths
-        self.missing_key = missing_key
+        self.missing_key = None if missing_key is None else _tag(missing_key)
         self.on_error = on_error
         self.headers = Headers(limiter.limit, policy, legacy_headers)
-        self._challenge = getattr(self.key, "challenge", 'ApiKey realm="tollgate"').encode()
+        self._challenge = getattr(self.key, "challenge", "RateLimitKey").encode()
+        self._logged = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self._exempt(scope):
             await self.app(scope, receive, send)
             return
-        key = self.key(scope)
+        try:
+            key = self.key(scope)
+            if key is not None and not self._tagged:
+                key = _tag(key)
+        except (TypeError, UnicodeError) as e:
+            self._error(f"the key function failed: {e}")
+            await _reply(send, 500, "the server's rate-limit key is not a str, bytes or int", [])
+            return
+        if key is NO_PEER:
+            self._error(
+                "a peer-IP or client-IP key needs the connection's peer address, and the "
+                "request carries none (a unix socket, or a test client); answering 500"
+            )
+            await _reply(
+                send, 500, "the server's rate limiter cannot see the peer address it keys on", []
+            )
+            return
         if key is None:
             if self.missing_key is None:
                 await _reply(
@@ -184,23 +255,21 @@ class RateLimitMiddleware:
                 return
             key = self.missing_key
         cost = self.cost(scope) if callable(self.cost) else self.cost
+        if not _valid_cost(cost):
+            self._error(f"the cost function returned {cost!r}, not a number of tokens")
+            await _reply(send, 500, "the server's rate-limit cost is not a number of tokens", [])
+            return
         try:
             decision = await self._acquire(key, cost)
         except InsufficientCapacity:
-            peek = await self._acquire(key, 0)
-            await _reply(
-                send,
-                429,
-                f"the request costs {cost} tokens, more than the limit's capacity of "
-                f"{peek.capacity}",
-                self.headers.for_decision(peek),
-            )
+            await self._too_costly(send, key, cost)
             return
-        except RedisUnavailable as e:
+        except Exception as e:  # the backend failed (Redis down, ...)
             if self.on_error == "open":
                 log.warning("tollgate: the limiter failed (%s); request let through", e)
                 await self.app(scope, receive, send)
             else:
+                log.warning("tollgate: the limiter failed (%s); request refused", e)
                 await _unavailable(send)
             return
         if decision.degraded:
@@ -220,15 +289,49 @@ class RateLimitMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message = dict(message)
-                message["headers"] = list(message.get("headers", ())) + extra
+                own = list(message.get("headers", ()))
+                # The legacy fields hold one value: an inner limiter's stay (as in Rust).
+                if any(k.lower() == b"x-ratelimit-limit" for k, _ in own):
+                    message["headers"] = own + [
+                        (k, v) for k, v in extra if not k.startswith(b"x-ratelimit-")
+                    ]
+                else:
+                    message["headers"] = own + extra
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
 
-    async def _acquire(self, key: Union[str, bytes, int], cost: int) -> Decision:
+    async def _acquire(self, key: bytes, cost: int) -> Decision:
         if self._async:
             return await self.limiter.try_acquire(key, cost)
         return self.limiter.try_acquire(key, cost)
+
+    async def _too_costly(self, send: Send, key: bytes, cost: int) -> None:
+        """A cost above the capacity: a 429 without Retry-After (no wait helps), describing the
+        key's bucket when the limiter can be asked."""
+        try:
+            peek = await self._acquire(key, 0)
+            headers = [] if peek.degraded else self.headers.for_decision(peek)
+            capacity = f" of {peek.capacity}"
+        except Exception:
+            headers, capacity = [], ""
+        await _reply(
+            send,
+            429,
+            f"the request costs {cost} tokens, more than the limit's capacity{capacity}",
+            headers,
+        )
+
+    def _error(self, message: str) -> None:
+        """A set-up error, logged at most once a minute."""
+        now = time.monotonic()
+        if now - self._logged >= 60 or self._logged == 0:
+            self._logged = now
+            log.error("tollgate: %s", message)
+
+
+def _valid_cost(cost: Any) -> bool:
+    return isinstance(cost, int) and not isinstance(cost, bool) and 0 <= cost <= MAX_COST
 
 
 async def _unavailable(send: Send) -> None:

@@ -31,6 +31,7 @@
 
 mod backend;
 mod body;
+mod builder;
 mod headers;
 mod key;
 mod proxies;
@@ -38,6 +39,7 @@ mod responses;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -50,6 +52,7 @@ use tower_service::Service;
 
 pub use backend::{Backend, Verdict};
 pub use body::ResponseBody;
+pub use builder::RateLimitLayerBuilder;
 pub use headers::{HeaderStyle, HeaderWriter, PolicyNameError};
 pub use key::{Key, KeyExtractor, PeerAddr, RequestInfo};
 pub use proxies::{CidrError, ForwardedHeader, TrustedProxies};
@@ -98,6 +101,14 @@ struct Config<B> {
     missing: MissingKey,
     on_error: OnBackendError,
     headers: Headers,
+    /// Shadow (dry-run) mode: decide and count, refuse nothing. Switchable at runtime.
+    shadow: std::sync::atomic::AtomicBool,
+    /// In shadow mode, whether responses carry the rate-limit headers.
+    shadow_headers: bool,
+    /// Requests shadow mode let through that would have been refused.
+    would_deny: std::sync::atomic::AtomicU64,
+    /// The policy name, as given (a metrics label).
+    policy: String,
     /// When the missing peer address was last logged (seconds since the first such request,
     /// plus one; 0: never).
     no_peer_logged: std::sync::atomic::AtomicU64,
@@ -148,112 +159,6 @@ fn start_maintenance<B: Backend>(config: &Arc<Config<B>>) -> Option<Maintenance>
     })
 }
 
-/// Builds a [`RateLimitLayer`]. From [`RateLimitLayer::builder`].
-pub struct RateLimitLayerBuilder<B> {
-    backend: B,
-    key: KeyExtractor,
-    cost: Option<Arc<InfoFn<u64>>>,
-    exempt: Option<Arc<InfoFn<bool>>>,
-    missing: MissingKey,
-    on_error: OnBackendError,
-    policy: String,
-    style: HeaderStyle,
-}
-
-impl<B: Backend> RateLimitLayerBuilder<B> {
-    /// How to find a request's key. Default: [`KeyExtractor::global`].
-    pub fn key(mut self, key: KeyExtractor) -> Self {
-        self.key = key;
-        self
-    }
-
-    /// Tokens a request costs. Default: 1.
-    ///
-    /// ```
-    /// # use tollgate::{KeyedLimiter, Limit, http::{Key, RateLimitLayer}};
-    /// # let limiter: KeyedLimiter<Key> = KeyedLimiter::new(Limit::per_second(100)?);
-    /// // Writes cost 5, reads 1.
-    /// let layer = RateLimitLayer::builder(limiter)
-    ///     .cost(|req| if req.method == http::Method::GET { 1 } else { 5 })
-    ///     .build()
-    ///     .unwrap();
-    /// # let _ = layer;
-    /// # Ok::<(), tollgate::LimitError>(())
-    /// ```
-    pub fn cost(mut self, f: impl Fn(&RequestInfo<'_>) -> u64 + Send + Sync + 'static) -> Self {
-        self.cost = Some(Arc::new(f));
-        self
-    }
-
-    /// Requests for which this returns true skip the limiter entirely (health checks).
-    pub fn exempt(mut self, f: impl Fn(&RequestInfo<'_>) -> bool + Send + Sync + 'static) -> Self {
-        self.exempt = Some(Arc::new(f));
-        self
-    }
-
-    /// The answer to a request without a key. Default: [`MissingKey::Reject`] with 401.
-    pub fn missing_key(mut self, missing: MissingKey) -> Self {
-        self.missing = missing;
-        self
-    }
-
-    /// The answer when the backend fails. Default: [`OnBackendError::FailOpen`].
-    pub fn on_backend_error(mut self, on_error: OnBackendError) -> Self {
-        self.on_error = on_error;
-        self
-    }
-
-    /// The policy name in the headers. Default: `default`.
-    pub fn policy_name(mut self, name: impl Into<String>) -> Self {
-        self.policy = name.into();
-        self
-    }
-
-    /// Which headers responses carry. Default: [`HeaderStyle::Ietf`].
-    pub fn headers(mut self, style: HeaderStyle) -> Self {
-        self.style = style;
-        self
-    }
-
-    /// Builds the layer.
-    ///
-    /// # Errors
-    /// [`PolicyNameError`] when the policy name is not printable ASCII.
-    pub fn build(self) -> Result<RateLimitLayer<B>, PolicyNameError> {
-        let headers = Headers::new(self.style, &self.policy, self.backend.limit())?;
-        let config = Arc::new(Config {
-            backend: self.backend,
-            key: self.key,
-            cost: self.cost,
-            exempt: self.exempt,
-            missing: self.missing,
-            on_error: self.on_error,
-            headers,
-            no_peer_logged: std::sync::atomic::AtomicU64::new(0),
-            maintenance: std::sync::OnceLock::new(),
-        });
-        if let Some(m) = start_maintenance(&config) {
-            let _ = config.maintenance.set(m);
-        }
-        Ok(RateLimitLayer { config })
-    }
-}
-
-impl<B: std::fmt::Debug> std::fmt::Debug for RateLimitLayerBuilder<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RateLimitLayerBuilder")
-            .field("backend", &self.backend)
-            .field("key", &self.key)
-            .field("cost", &self.cost.as_ref().map(|_| "fn"))
-            .field("exempt", &self.exempt.as_ref().map(|_| "fn"))
-            .field("missing", &self.missing)
-            .field("on_error", &self.on_error)
-            .field("policy", &self.policy)
-            .field("style", &self.style)
-            .finish()
-    }
-}
-
 /// The tower layer. Clone it freely (it shares one backend).
 pub struct RateLimitLayer<B> {
     config: Arc<Config<B>>,
@@ -267,20 +172,48 @@ impl<B> Clone for RateLimitLayer<B> {
     }
 }
 
-impl<B: Backend> RateLimitLayer<B> {
-    /// A builder over `backend` (a [`KeyedLimiter<Key>`](crate::KeyedLimiter), an `Arc` of one,
-    /// or another [`Backend`]).
-    pub fn builder(backend: B) -> RateLimitLayerBuilder<B> {
-        RateLimitLayerBuilder {
-            backend,
-            key: KeyExtractor::global(),
-            cost: None,
-            exempt: None,
-            missing: MissingKey::default(),
-            on_error: OnBackendError::default(),
-            policy: "default".to_string(),
-            style: HeaderStyle::default(),
-        }
+impl<B> RateLimitLayer<B> {
+    /// Switches shadow (dry-run) mode on or off while requests go on, for this layer and every
+    /// clone of it (see [`RateLimitLayerBuilder::shadow`]).
+    pub fn set_shadow(&self, on: bool) {
+        // Relaxed: a setting; no other memory is published with it.
+        self.config.shadow.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether shadow mode is on.
+    pub fn is_shadow(&self) -> bool {
+        // Relaxed: as in `set_shadow`.
+        self.config.shadow.load(Ordering::Relaxed)
+    }
+
+    /// How many requests shadow mode let through that the layer would have refused.
+    pub fn would_deny(&self) -> u64 {
+        // Relaxed: a counter.
+        self.config.would_deny.load(Ordering::Relaxed)
+    }
+}
+
+impl<B> Config<B> {
+    /// Whether shadow mode is on (read once per request).
+    fn in_shadow(&self) -> bool {
+        // Relaxed: as in `RateLimitLayer::set_shadow`.
+        self.shadow.load(Ordering::Relaxed)
+    }
+
+    /// A refusal shadow mode turned into a pass: counted, and logged at debug level.
+    fn let_through(&self, why: &'static str) {
+        // Relaxed: a counter.
+        self.would_deny.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("tollgate_http_would_deny_total", "policy" => self.policy.clone())
+            .increment(1);
+        tracing::debug!(policy = %self.policy, why, "shadow mode: request let through");
+    }
+
+    /// The decision whose headers a passing response carries: none in shadow mode unless
+    /// asked for.
+    fn shown(&self, decision: Decision, shadow: bool) -> Option<Decision> {
+        (!shadow || self.shadow_headers).then_some(decision)
     }
 }
 
@@ -354,6 +287,10 @@ where
                 return ResponseFuture::done(no_peer_address(&config.no_peer_logged));
             }
             None => match &config.missing {
+                MissingKey::Reject(_) if config.in_shadow() => {
+                    config.let_through("no key");
+                    return ResponseFuture::passthrough(self.inner.call(req));
+                }
                 MissingKey::Reject(status) => {
                     let mut response =
                         problem_response(*status, "the request carries no usable rate-limit key");
@@ -485,17 +422,36 @@ where
                     let (Some(req), Some(mut inner)) = (req.take(), inner.take()) else {
                         unreachable!("taken once")
                     };
+                    let shadow = config.in_shadow();
                     let next = match verdict {
                         Ok(Ok(d)) if d.is_allowed() => State::Calling {
                             call: inner.call(req),
-                            decision: Some(d),
+                            decision: config.shown(d, shadow),
                         },
+                        Ok(Ok(d)) if shadow => {
+                            config.let_through(if d.is_degraded() {
+                                "backend failure policy"
+                            } else {
+                                "denied"
+                            });
+                            State::Calling {
+                                call: inner.call(req),
+                                decision: config.shown(d, shadow).filter(|d| !d.is_degraded()),
+                            }
+                        }
                         Ok(Ok(d)) if d.is_degraded() => State::Done {
                             response: Some(degraded_denial()),
                         },
                         Ok(Ok(d)) => State::Done {
                             response: Some(denied(&config.headers, &d)),
                         },
+                        Ok(Err(_too_costly)) if shadow => {
+                            config.let_through("cost above the capacity");
+                            State::Calling {
+                                call: inner.call(req),
+                                decision: None,
+                            }
+                        }
                         Ok(Err(_too_costly)) => match key.take() {
                             Some(key) => State::Peeking {
                                 check: config.backend.acquire(&key, 0),
@@ -505,6 +461,14 @@ where
                         Err(error) => match config.on_error {
                             OnBackendError::FailOpen => {
                                 tracing::warn!(%error, "rate-limit backend failed; request let through (fail open)");
+                                State::Calling {
+                                    call: inner.call(req),
+                                    decision: None,
+                                }
+                            }
+                            OnBackendError::FailClosed if shadow => {
+                                tracing::warn!(%error, "rate-limit backend failed; request let through (shadow mode)");
+                                config.let_through("backend error");
                                 State::Calling {
                                     call: inner.call(req),
                                     decision: None,
