@@ -3,6 +3,10 @@
 //!
 //! The GIL is held for in-memory calls: a check takes tens of nanoseconds, less than releasing
 //! and taking back the GIL costs. Redis calls are awaitable: the GIL is free while they wait.
+//!
+//! In-memory limiters read the precise monotonic clock, not the crate's default coarse clock:
+//! a call from Python costs far more than a precise read, and the coarse clock's upkeep thread
+//! (a tick every millisecond while calls come) would take CPU from the server's own core.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -302,7 +306,7 @@ struct PyReservation {
 }
 
 enum Held {
-    Bucket(tollgate::Reservation<'static, tollgate::DefaultClock>),
+    Bucket(tollgate::Reservation<'static, tollgate::MonotonicClock>),
     Key(tollgate::KeyedReservation<'static, String, tollgate::KeyHasher>),
     Nothing,
 }
@@ -358,13 +362,16 @@ fn reservation(
 
 /// One token bucket (thread-safe, lock-free).
 #[pyclass(frozen, name = "TokenBucket", module = "tollgate")]
-struct PyTokenBucket(Arc<tollgate::TokenBucket>);
+struct PyTokenBucket(Arc<tollgate::TokenBucket<tollgate::MonotonicClock>>);
 
 #[pymethods]
 impl PyTokenBucket {
     #[new]
     fn new(limit: &PyLimit) -> Self {
-        PyTokenBucket(Arc::new(tollgate::TokenBucket::new(limit.0)))
+        PyTokenBucket(Arc::new(tollgate::TokenBucket::with_clock(
+            limit.0,
+            tollgate::MonotonicClock::new(),
+        )))
     }
 
     /// Takes one token if it is there.
@@ -461,7 +468,8 @@ impl PyKeyedLimiter {
         max_keys: Option<i64>,
         at_capacity: &str,
     ) -> PyResult<Self> {
-        let mut builder = tollgate::KeyedLimiter::builder(limit.0);
+        let mut builder =
+            tollgate::KeyedLimiter::builder(limit.0).clock(tollgate::MonotonicClock::new());
         if let Some(ttl) = idle_ttl {
             builder = builder.idle_ttl(duration("idle_ttl", ttl)?);
         }
