@@ -69,6 +69,8 @@ mod decision;
 pub mod http;
 mod keyed;
 mod limit;
+#[cfg(feature = "serde")]
+mod limit_serde;
 mod limits;
 mod multi;
 mod parse;

@@ -57,8 +57,8 @@ impl fmt::Display for ParseLimitError {
             }
             ParseLimitError::Unit { unit } => write!(
                 f,
-                "invalid limit: unknown period unit {unit:?} (use ms, s, m, h or d, or their \
-                 names: second, minute, hour, day)"
+                "invalid limit: unknown period unit {unit:?} (use ns, us, ms, s, m, h or d, or \
+                 their names: second, minute, hour, day)"
             ),
             ParseLimitError::Invalid(e) => write!(f, "invalid limit: {e}"),
         }
@@ -75,8 +75,8 @@ impl From<LimitError> for ParseLimitError {
 
 /// `<count>/<period>[ burst <capacity>]`: `count` tokens every `period`, spread evenly (greedy
 /// refill: one token every `period / count`), with a burst of `count`, or `capacity` when
-/// given. The period is an optional whole number and a unit: `ms`, `s`, `m`, `h`, `d`, or
-/// `millisecond`, `second`, `minute`, `hour`, `day` (plural too; `sec`, `min`, `hr` as well).
+/// given. The period is an optional whole number and a unit: `ns`, `us`, `ms`, `s`, `m`, `h`,
+/// `d`, or their names (`second`, `minute`, ..., plural too; `sec`, `min`, `hr` as well).
 /// Case and spaces around the parts do not matter. Nothing is rounded: `"100/minute"` is
 /// exactly [`Limit::per_minute(100)`](Limit::per_minute).
 ///
@@ -161,26 +161,39 @@ fn period_of(text: &str) -> Option<Result<Duration, ParseLimitError>> {
             Err(e) => return Some(Err(e)),
         }
     };
-    let one = match unit {
-        "ms" | "millisecond" | "milliseconds" => Duration::from_millis(1),
-        "s" | "sec" | "secs" | "second" | "seconds" => Duration::from_secs(1),
-        "m" | "min" | "mins" | "minute" | "minutes" => Duration::from_secs(60),
-        "h" | "hr" | "hrs" | "hour" | "hours" => Duration::from_secs(3_600),
-        "d" | "day" | "days" => Duration::from_secs(86_400),
+    let unit_ns: u64 = match unit {
+        "ns" | "nanosecond" | "nanoseconds" => 1,
+        "us" | "µs" | "microsecond" | "microseconds" => 1_000,
+        "ms" | "millisecond" | "milliseconds" => 1_000_000,
+        "s" | "sec" | "secs" | "second" | "seconds" => 1_000_000_000,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60_000_000_000,
+        "h" | "hr" | "hrs" | "hour" | "hours" => 3_600_000_000_000,
+        "d" | "day" | "days" => 86_400_000_000_000,
         other => {
             return Some(Err(ParseLimitError::Unit {
                 unit: other.to_owned(),
             }))
         }
     };
-    let k = u32::try_from(k).ok();
     Some(
-        k.and_then(|k| one.checked_mul(k))
+        k.checked_mul(unit_ns)
+            .map(Duration::from_nanos)
             .ok_or_else(|| ParseLimitError::Number {
                 part: "period",
                 text: text.to_owned(),
             }),
     )
+}
+
+/// A duration as text, `<k><unit>` (`"1s"`, `"250ms"`, `"2m"`), as the period of the text form.
+#[cfg_attr(not(feature = "serde"), allow(dead_code))]
+pub(crate) fn duration_text(text: &str) -> Result<Duration, ParseLimitError> {
+    let trimmed = text.trim().to_ascii_lowercase();
+    period_of(&trimmed).unwrap_or_else(|| {
+        Err(ParseLimitError::Syntax {
+            input: text.to_owned(),
+        })
+    })
 }
 
 #[cfg(test)]
