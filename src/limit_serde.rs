@@ -36,7 +36,10 @@ impl Serialize for Limit {
 /// Read from the text form (see [`Limit::parse`]) or the structured form
 /// `{capacity, refill, interval, greedy}`, where `interval` is seconds (a number) or text
 /// (`"1s"`, `"500ms"`, `"2m"`) and `greedy` defaults to false (whole refills at the end of each
-/// interval). Errors name the field or the part of the text that is wrong.
+/// interval, unlike the text form, which is greedy). Errors name the field or the part of the
+/// text that is wrong; a field given twice is an error. For configuration formats that
+/// describe themselves (JSON, TOML, YAML): binary formats that cannot (bincode, postcard) are
+/// not supported.
 ///
 /// ```
 /// use tollgate::Limit;
@@ -90,10 +93,10 @@ impl<'de> Visitor<'de> for LimitVisitor {
         let (mut capacity, mut refill, mut interval, mut greedy) = (None, None, None, None);
         while let Some(field) = map.next_key::<String>()? {
             match field.as_str() {
-                "capacity" => capacity = Some(map.next_value::<u64>()?),
-                "refill" => refill = Some(map.next_value::<u64>()?),
-                "interval" => interval = Some(map.next_value::<Interval>()?.0),
-                "greedy" => greedy = Some(map.next_value::<bool>()?),
+                "capacity" => set(&mut capacity, "capacity", map.next_value::<u64>()?)?,
+                "refill" => set(&mut refill, "refill", map.next_value::<u64>()?)?,
+                "interval" => set(&mut interval, "interval", map.next_value::<Interval>()?.0)?,
+                "greedy" => set(&mut greedy, "greedy", map.next_value::<bool>()?)?,
                 other => {
                     return Err(de::Error::unknown_field(
                         other,
@@ -111,6 +114,14 @@ impl<'de> Visitor<'de> for LimitVisitor {
             Limit::new(capacity, refill, interval)
         };
         limit.map_err(de::Error::custom)
+    }
+}
+
+/// Sets a field read once; a second value is an error.
+fn set<T, E: de::Error>(slot: &mut Option<T>, field: &'static str, value: T) -> Result<(), E> {
+    match slot.replace(value) {
+        None => Ok(()),
+        Some(_) => Err(E::duplicate_field(field)),
     }
 }
 
@@ -205,6 +216,10 @@ mod tests {
                 "burst",
             ),
             (r#"42"#, "a limit"),
+            (
+                r#"{"capacity": 5, "capacity": 6, "refill": 1, "interval": 1}"#,
+                "duplicate",
+            ),
         ] {
             let e = parse(json).unwrap_err();
             assert!(e.contains(names), "{json}: {e}");

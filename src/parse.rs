@@ -96,21 +96,25 @@ impl FromStr for Limit {
         let syntax = || ParseLimitError::Syntax {
             input: input.to_owned(),
         };
-        let text = input.trim().to_ascii_lowercase();
-        let (rate, burst) = match text.split_once("burst") {
-            Some((rate, burst)) => (rate.trim(), Some(burst.trim())),
-            None => (text.as_str(), None),
+        let text = input.to_ascii_lowercase();
+        // `burst` is a word of its own, followed by exactly one word.
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let (rate, burst) = match words.iter().position(|w| *w == "burst") {
+            Some(at) => match &words[at + 1..] {
+                [capacity] => (words[..at].concat(), Some(*capacity)),
+                _ => return Err(syntax()),
+            },
+            None => (words.concat(), None),
         };
         let (count, period) = rate.split_once('/').ok_or_else(syntax)?;
-        if count.trim().is_empty() {
+        if count.is_empty() {
             return Err(syntax());
         }
-        let count = number("count", count.trim())?;
-        let period = period_of(period.trim()).ok_or_else(syntax)??;
+        let count = number("count", count)?;
+        let period = period_of(period).ok_or_else(syntax)??;
         let limit = Limit::greedy(count, count, period)?;
         match burst {
             None => Ok(limit),
-            Some("") => Err(syntax()),
             Some(capacity) => Ok(limit.burst(number("burst", capacity)?)?),
         }
     }
@@ -152,6 +156,13 @@ fn period_of(text: &str) -> Option<Result<Duration, ParseLimitError>> {
     let unit = unit.trim();
     if unit.is_empty() {
         return None;
+    }
+    if !unit.starts_with(|c: char| c.is_alphabetic()) {
+        // `0.5s`, `-1s`: the period's number is not a whole one.
+        return Some(Err(ParseLimitError::Number {
+            part: "period",
+            text: text.to_owned(),
+        }));
     }
     let k = if k.is_empty() {
         1
@@ -227,9 +238,33 @@ mod tests {
             Limit::parse("1/2d").unwrap().refill_interval(),
             secs(172_800)
         );
-        for bad in ["", "abc", "10", "10/", "/s", "10/s burst", "10 per second"] {
+        for bad in [
+            "",
+            "abc",
+            "10",
+            "10/",
+            "/s",
+            "10/s burst",
+            "10 per second",
+            "10/s burst 20 burst 30",
+            "10/s burst 20 30",
+        ] {
             assert!(
                 matches!(Limit::parse(bad), Err(ParseLimitError::Syntax { .. })),
+                "{bad:?}"
+            );
+        }
+        // `burst` glued to other words is no keyword: the unit is then unknown.
+        assert!(matches!(
+            Limit::parse("10/sburst20"),
+            Err(ParseLimitError::Unit { .. })
+        ));
+        for bad in ["1/0.5s", "10/-1s"] {
+            assert!(
+                matches!(
+                    Limit::parse(bad),
+                    Err(ParseLimitError::Number { part: "period", .. })
+                ),
                 "{bad:?}"
             );
         }

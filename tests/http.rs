@@ -402,3 +402,60 @@ async fn shadow_mode_refuses_nothing_counts_and_switches_at_runtime() {
     let r = |n: u64| Some(format!("\"default\";r={n};t=1"));
     assert_eq!(seen, [r(2), r(1), r(0), r(0)]);
 }
+
+/// Shadow mode on the other refusals: a cost above the capacity, a fail-closed backend error,
+/// and an IP key on a server that passes no peer address all reach the service, and count.
+#[tokio::test]
+async fn shadow_mode_lets_every_kind_of_refusal_through() {
+    use tower::{Layer, ServiceExt};
+
+    let clock = ManualClock::new();
+    let costly = RateLimitLayer::builder(limiter(&clock))
+        .key(KeyExtractor::api_key())
+        .cost(|_| 100)
+        .shadow(true)
+        .build()
+        .unwrap();
+    let broken = RateLimitLayer::builder(Broken(Limit::per_second(1).unwrap()))
+        .on_backend_error(OnBackendError::FailClosed)
+        .shadow(true)
+        .build()
+        .unwrap();
+    let no_peer = RateLimitLayer::builder(limiter(&clock))
+        .key(KeyExtractor::peer_ip())
+        .shadow(true)
+        .build()
+        .unwrap();
+    for layer_count in [
+        {
+            let addr = serve(api(costly.clone())).await;
+            let got = send(&client(), get_with(addr, "/api", &[("x-api-key", "a")])).await;
+            assert_eq!(got.status, StatusCode::OK, "cost above the capacity");
+            costly.would_deny()
+        },
+        {
+            let router = Router::new()
+                .route("/api", get(|| async { "hello" }))
+                .layer(broken.clone());
+            let addr = serve(router).await;
+            let got = send(&client(), get_with(addr, "/api", &[])).await;
+            assert_eq!(got.status, StatusCode::OK, "fail-closed backend error");
+            assert_eq!(got.header("ratelimit"), None);
+            broken.would_deny()
+        },
+        {
+            // In process, with no peer address at all (as a server that passes none).
+            let service = no_peer.layer(tower::service_fn(|_req: http::Request<String>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello")))
+            }));
+            let response = service
+                .oneshot(http::Request::new(String::new()))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "no peer address");
+            no_peer.would_deny()
+        },
+    ] {
+        assert_eq!(layer_count, 1);
+    }
+}

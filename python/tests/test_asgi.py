@@ -189,6 +189,11 @@ def test_set_up_errors_are_500s_not_a_shared_bucket():
     assert call(RateLimitMiddleware(ok_app, limit=limit, key=lambda s: 1.5), {})[0] == 500
     assert call(RateLimitMiddleware(ok_app, limit=limit, cost=lambda s: -1), {})[0] == 500
     assert call(RateLimitMiddleware(ok_app, limit=limit, cost=lambda s: 2), {})[0] == 200
+    assert call(RateLimitMiddleware(ok_app, limit=limit, cost=lambda s: 2**63), {})[0] == 429
+    assert call(RateLimitMiddleware(ok_app, limit=limit, cost=lambda s: 1 / 0), {})[0] == 500
+    assert call(RateLimitMiddleware(ok_app, limit=limit, key=lambda s: {}["x"]), {})[0] == 500
+    # A link-local peer with its zone is still an address.
+    assert call(mw, {"client": ("fe80::1%eth0", 50000)})[0] == 200
     for bad in [-1, 2**64, 1.5, True]:
         with pytest.raises(ValueError, match="cost"):
             RateLimitMiddleware(ok_app, limit=limit, cost=bad)
@@ -237,5 +242,7 @@ def test_counts_must_not_be_negative():
     for f in [bucket.try_acquire, bucket.refund, bucket.add_tokens, bucket.reserve]:
         with pytest.raises(ValueError, match="n: must not be negative"):
             f(-1)
+        with pytest.raises(ValueError, match="n: .* more than 2\\*\\*64"):
+            f(2**64)
     with pytest.raises(ValueError, match="max_keys"):
         KeyedLimiter(Limit.per_second(5), max_keys=-1)

@@ -25,7 +25,8 @@ for ``cost`` tokens, and then, as the Rust ``RateLimitLayer`` does:
 Keys are tagged by kind exactly as the Rust layer tags them on Redis (``g``, ``i:<ip>``,
 ``h:<header value>``, ``b:<token or bytes>``, ``t:<text>``), so a FastAPI service and a Rust
 service with the same key kind, limit and Redis prefix count against one bucket, and keys of
-different kinds never share one. WebSocket and lifespan scopes pass through unlimited.
+different kinds never share one (but for bearer tokens and bytes keys, both ``b:``, as in Rust).
+WebSocket and lifespan scopes pass through unlimited.
 """
 
 from __future__ import annotations
@@ -126,8 +127,8 @@ def client_ip(
 
     def key(scope: Scope) -> Union[bytes, None, _NoPeer]:
         client = scope.get("client")
-        peer = client[0] if client else None
-        if peer is None or not _is_ip(peer):
+        peer = _ip(client[0]) if client else None
+        if peer is None:
             return NO_PEER
         found = extractor.key(peer, [(k, v) for k, v in scope.get("headers", ())])
         return b"i:" + found.encode() if found is not None else None
@@ -140,12 +141,14 @@ def peer_ip(ipv6_prefix: int = 64) -> KeyFn:
     return client_ip((), ipv6_prefix=ipv6_prefix)
 
 
-def _is_ip(text: str) -> bool:
+def _ip(text: str) -> Optional[str]:
+    """The peer address without an IPv6 zone (`fe80::1%eth0`); None when it is no address."""
+    text = text.split("%", 1)[0]
     try:
         ipaddress.ip_address(text)
-        return True
+        return text
     except ValueError:
-        return False
+        return None
 
 
 def _global(scope: Scope) -> bytes:
@@ -224,16 +227,20 @@ class RateLimitMiddleware:
         self._logged = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self._exempt(scope):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         try:
-            key = self.key(scope)
+            exempt = self._exempt(scope)
+            key = None if exempt else self.key(scope)
             if key is not None and not self._tagged:
                 key = _tag(key)
-        except (TypeError, UnicodeError) as e:
-            self._error(f"the key function failed: {e}")
-            await _reply(send, 500, "the server's rate-limit key is not a str, bytes or int", [])
+        except Exception as e:  # the server's key or exempt function, not the client
+            self._error(f"the key or exempt function failed: {e!r}")
+            await _reply(send, 500, "the server's rate-limit key could not be found", [])
+            return
+        if exempt:
+            await self.app(scope, receive, send)
             return
         if key is NO_PEER:
             self._error(
@@ -254,22 +261,29 @@ class RateLimitMiddleware:
                 )
                 return
             key = self.missing_key
-        cost = self.cost(scope) if callable(self.cost) else self.cost
+        try:
+            cost = self.cost(scope) if callable(self.cost) else self.cost
+        except Exception as e:
+            cost = e
         if not _valid_cost(cost):
             self._error(f"the cost function returned {cost!r}, not a number of tokens")
             await _reply(send, 500, "the server's rate-limit cost is not a number of tokens", [])
             return
+        failure = None
         try:
             decision = await self._acquire(key, cost)
         except InsufficientCapacity:
             await self._too_costly(send, key, cost)
             return
         except Exception as e:  # the backend failed (Redis down, ...)
+            failure = e
+        if failure is not None:
+            # Outside the `except`: the app's own exceptions are not chained to this one.
             if self.on_error == "open":
-                log.warning("tollgate: the limiter failed (%s); request let through", e)
+                log.warning("tollgate: the limiter failed (%s); request let through", failure)
                 await self.app(scope, receive, send)
             else:
-                log.warning("tollgate: the limiter failed (%s); request refused", e)
+                log.warning("tollgate: the limiter failed (%s); request refused", failure)
                 await _unavailable(send)
             return
         if decision.degraded:

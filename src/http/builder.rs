@@ -98,7 +98,8 @@ impl<B: Backend> RateLimitLayerBuilder<B> {
 
     /// Shadow (dry-run) mode: every request is decided and counted as usual, but none is
     /// refused. A request the layer would have refused (a denial, a cost above the capacity, a
-    /// missing key, a fail-closed backend error) goes to the inner service, is counted in
+    /// missing key, a missing peer address, a fail-closed backend error) goes to the inner
+    /// service, is counted in
     /// [`RateLimitLayer::would_deny`] (and with the `metrics` feature in the
     /// `tollgate_http_would_deny_total` counter, labelled with the policy), and logged at debug
     /// level. Switch it at runtime with [`RateLimitLayer::set_shadow`]. Default: off.
@@ -140,7 +141,7 @@ impl<B: Backend> RateLimitLayerBuilder<B> {
             headers,
             shadow: std::sync::atomic::AtomicBool::new(self.shadow),
             shadow_headers: self.shadow_headers,
-            would_deny: std::sync::atomic::AtomicU64::new(0),
+            would_deny: crossbeam_utils::CachePadded::new(std::sync::atomic::AtomicU64::new(0)),
             policy: self.policy.clone(),
             no_peer_logged: std::sync::atomic::AtomicU64::new(0),
             maintenance: std::sync::OnceLock::new(),
@@ -164,6 +165,7 @@ impl<B: std::fmt::Debug> std::fmt::Debug for RateLimitLayerBuilder<B> {
             .field("policy", &self.policy)
             .field("style", &self.style)
             .field("shadow", &self.shadow)
+            .field("shadow_headers", &self.shadow_headers)
             .finish()
     }
 }

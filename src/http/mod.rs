@@ -27,6 +27,9 @@
 //! - backend failure: [`OnBackendError`]: fail open (the request passes; a `tracing` warning) or
 //!   fail closed (`503`).
 //!
+//! In shadow mode ([`RateLimitLayerBuilder::shadow`]) the layer decides and counts as above but
+//! refuses nothing.
+//!
 //! [tower]: https://docs.rs/tower
 
 mod backend;
@@ -105,8 +108,9 @@ struct Config<B> {
     shadow: std::sync::atomic::AtomicBool,
     /// In shadow mode, whether responses carry the rate-limit headers.
     shadow_headers: bool,
-    /// Requests shadow mode let through that would have been refused.
-    would_deny: std::sync::atomic::AtomicU64,
+    /// Requests shadow mode let through that would have been refused (on a line of its own:
+    /// written under overload, while `shadow` beside it is read by every request).
+    would_deny: crossbeam_utils::CachePadded<std::sync::atomic::AtomicU64>,
     /// The policy name, as given (a metrics label).
     policy: String,
     /// When the missing peer address was last logged (seconds since the first such request,
@@ -233,6 +237,7 @@ impl<B: std::fmt::Debug> std::fmt::Debug for RateLimitLayer<B> {
         f.debug_struct("RateLimitLayer")
             .field("backend", &self.config.backend)
             .field("key", &self.config.key)
+            .field("shadow", &self.is_shadow())
             .finish_non_exhaustive()
     }
 }
@@ -284,7 +289,13 @@ where
         let key = match config.key.extract(&info) {
             Some(key) => key,
             None if config.key.lacks_peer(&info) => {
-                return ResponseFuture::done(no_peer_address(&config.no_peer_logged));
+                let response = no_peer_address(&config.no_peer_logged);
+                if config.in_shadow() {
+                    // Logged as a set-up error all the same; nothing refused.
+                    config.let_through("no peer address");
+                    return ResponseFuture::passthrough(self.inner.call(req));
+                }
+                return ResponseFuture::done(response);
             }
             None => match &config.missing {
                 MissingKey::Reject(_) if config.in_shadow() => {

@@ -106,6 +106,12 @@ fn try_keyed_vs_model(u: &mut Unstructured<'_>) -> Result<usize> {
 /// Arbitrary numbers into every constructor: `Ok` or a typed error, never a panic or an
 /// overflow; what is accepted keeps the documented ranges and runs.
 pub fn limit_config(data: &[u8]) {
+    // The same bytes as text: the parser never panics, and what it accepts is a valid limit.
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(limit) = text.parse::<tollgate::Limit>() {
+            assert!(limit.capacity() >= 1 && limit.refill_amount() <= limit.capacity());
+        }
+    }
     let _ = try_limit_config(&mut Unstructured::new(data));
 }
 
