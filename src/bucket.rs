@@ -297,6 +297,23 @@ impl<C: Clock> TokenBucket<C> {
         self.update(n, state::add)
     }
 
+    /// Charges `n` tokens after the fact, taking as many as there are (up to `n`) and refusing
+    /// nothing: for a cost known only once the work is done (bytes sent, tokens a model
+    /// generated). The decision is allowed and shows what is left: 0 when the charge took more
+    /// than there was, so the next requests wait for the refill.
+    ///
+    /// ```
+    /// use tollgate::{Limit, TokenBucket};
+    /// let bucket = TokenBucket::new(Limit::per_hour(100)?);
+    /// assert_eq!(bucket.charge(30).remaining(), 70);
+    /// assert_eq!(bucket.charge(500).remaining(), 0); // all there was
+    /// assert!(bucket.check().is_denied());
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn charge(&self, n: u64) -> Decision {
+        self.update(n, state::drain)
+    }
+
     /// Fills the bucket to its capacity now.
     ///
     /// ```

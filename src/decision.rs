@@ -54,7 +54,13 @@ pub struct Decision {
     rate: Rate,
     /// Made without the store, by a failure policy.
     degraded: bool,
+    /// The keyed limiter's limit slot the decision was made under ([`NO_SLOT`]: not recorded,
+    /// or not a keyed bucket's), for an undo through the HTTP layer's backend.
+    slot: u16,
 }
+
+/// [`Decision`]'s slot when none is recorded.
+pub(crate) const NO_SLOT: u16 = u16::MAX;
 
 impl Decision {
     #[inline(always)]
@@ -68,6 +74,7 @@ impl Decision {
             epoch,
             rate: *steps.rate(),
             degraded: false,
+            slot: NO_SLOT,
         }
     }
 
@@ -85,6 +92,28 @@ impl Decision {
         Decision {
             degraded: true,
             ..Decision::new(steps, &out, n, 0, 0)
+        }
+    }
+
+    /// This decision, recording the keyed limiter's slot it was made under (`usize::MAX`, or
+    /// any value past the slots: none).
+    #[cfg(feature = "http")]
+    #[inline]
+    pub(crate) fn with_slot(self, slot: usize) -> Decision {
+        Decision {
+            slot: u16::try_from(slot).unwrap_or(NO_SLOT),
+            ..self
+        }
+    }
+
+    /// The slot recorded by [`with_slot`](Decision::with_slot) (`usize::MAX`: none).
+    #[cfg(feature = "http")]
+    #[inline]
+    pub(crate) fn slot(&self) -> usize {
+        if self.slot == NO_SLOT {
+            usize::MAX
+        } else {
+            usize::from(self.slot)
         }
     }
 

@@ -90,6 +90,23 @@ pub(crate) fn undo(s: &Steps, word: u64, k: u64, n: u64, taken_mark: u64) -> Out
     add(s, word, k, give)
 }
 
+/// Refill `word` to step `k`, then take up to `n` tokens, as many as there are: a cost known
+/// only after the work (bytes sent, tokens a model generated), charged whatever is left.
+/// Always "allowed" (nothing is refused: the work is done); the decision's `remaining` shows
+/// what is left, 0 when the charge took more than there was. Writes only a change.
+#[inline]
+pub(crate) fn drain(s: &Steps, word: u64, k: u64, n: u64) -> Outcome {
+    let (tokens, mark, _) = s.refill(word, k);
+    let tokens = tokens - n.min(tokens);
+    let new = s.pack(mark, tokens);
+    Outcome {
+        allowed: true,
+        tokens,
+        mark,
+        write: (new != word).then_some(new),
+    }
+}
+
 /// A full bucket marked at step `k`, whatever `word` held (a reset). Refilling first keeps
 /// the mark from moving back.
 #[inline]
@@ -180,6 +197,26 @@ mod tests {
         assert_eq!(add(&s, s.full(3), 3, 1).write, None);
         let o = reset(&s, w, 2);
         assert_eq!((o.tokens, o.mark), (5, 3), "a stale reset keeps the mark");
+    }
+
+    #[test]
+    fn drain_takes_what_is_there_and_never_refuses() {
+        let s = Steps::new(5, 1, 1, 10);
+        let w = s.pack(3, 2);
+        let o = drain(&s, w, 3, 1);
+        assert_eq!(
+            (o.allowed, o.tokens, o.write),
+            (true, 1, Some(s.pack(3, 1)))
+        );
+        let o = drain(&s, w, 3, 100);
+        assert_eq!(
+            (o.allowed, o.tokens, o.write),
+            (true, 0, Some(s.pack(3, 0)))
+        );
+        // Refill first: one step later, 2 + 1 - 2 = 1.
+        assert_eq!(drain(&s, w, 4, 2).tokens, 1);
+        assert_eq!(drain(&s, w, 3, 0).write, None);
+        assert_eq!(drain(&s, s.pack(3, 0), 3, 7).write, None, "nothing to take");
     }
 
     #[test]

@@ -54,6 +54,28 @@ pub trait Backend: Send + Sync + 'static {
     /// that memory returns after a flood of keys even when no request follows it, and no
     /// request pays for a sweep. Called every [`maintenance_period`](Backend::maintenance_period).
     fn maintain(&self) {}
+
+    /// Whether this backend can give a grant back ([`undo`](Backend::undo)) and charge after
+    /// the fact ([`charge`](Backend::charge)). A layer with several policies (all-or-nothing)
+    /// or with response charging needs both, and refuses to build without them. Default:
+    /// false. The in-memory [`KeyedLimiter`] can.
+    fn can_undo(&self) -> bool {
+        false
+    }
+
+    /// Gives back the `cost` tokens that `taken`, this backend's grant for `key`, took, as an
+    /// *undo* ([contract §2](crate::contract::bucket), undo versus refund): the bucket ends with at most
+    /// what it would hold had the grant never been made. The layer calls it when another
+    /// policy refuses the request, or when a response is charged nothing. Default: nothing.
+    fn undo(&self, key: &Key, cost: u64, taken: &Decision) {
+        let _ = (key, cost, taken);
+    }
+
+    /// Charges `n` more tokens to `key` once a response is known, taking as many as there are
+    /// (up to `n`) and refusing nothing (see [`KeyedLimiter::charge_key`]). Default: nothing.
+    fn charge(&self, key: &Key, n: u64) {
+        let _ = (key, n);
+    }
 }
 
 impl<S> Backend for KeyedLimiter<Key, S>
@@ -65,11 +87,26 @@ where
 
     #[inline]
     fn acquire(&self, key: &Key, cost: u64) -> Self::Future {
-        ready(Ok(self.try_acquire_key(key, cost)))
+        // The slot goes with the decision, for an undo.
+        ready(Ok(self
+            .take_key_tracked(key, cost)
+            .map(|(d, slot)| d.with_slot(slot))))
     }
 
     fn limit(&self) -> &Limit {
         KeyedLimiter::limit(self)
+    }
+
+    fn can_undo(&self) -> bool {
+        true
+    }
+
+    fn undo(&self, key: &Key, cost: u64, taken: &Decision) {
+        let _ = self.undo_key(key, cost, taken, taken.slot());
+    }
+
+    fn charge(&self, key: &Key, n: u64) {
+        let _ = self.charge_key(key, n);
     }
 
     fn maintenance_period(&self) -> Option<std::time::Duration> {
@@ -100,5 +137,17 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
 
     fn maintain(&self) {
         (**self).maintain()
+    }
+
+    fn can_undo(&self) -> bool {
+        (**self).can_undo()
+    }
+
+    fn undo(&self, key: &Key, cost: u64, taken: &Decision) {
+        (**self).undo(key, cost, taken)
+    }
+
+    fn charge(&self, key: &Key, n: u64) {
+        (**self).charge(key, n)
     }
 }

@@ -35,35 +35,36 @@
 mod backend;
 mod body;
 mod builder;
+mod charge;
+mod future;
 mod headers;
 mod key;
+mod policy;
 mod proxies;
 mod responses;
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
-use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
 pub use backend::{Backend, Verdict};
 pub use body::ResponseBody;
-pub use builder::RateLimitLayerBuilder;
+pub use builder::{LayerError, RateLimitLayerBuilder};
+pub use charge::{Charge, ResponseInfo};
+pub use future::ResponseFuture;
 pub use headers::{HeaderStyle, HeaderWriter, PolicyNameError};
 pub use key::{Key, KeyExtractor, PeerAddr, RequestInfo};
+pub use policy::Policy;
 pub use proxies::{CidrError, ForwardedHeader, TrustedProxies};
+pub use responses::Denial;
 
-use headers::Headers;
-use responses::{degraded_denial, denied, no_peer_address, problem_response};
-
-use crate::Decision;
+use policy::Active;
 
 /// What to do with a request whose key is missing or unreadable.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,64 +96,70 @@ pub enum OnBackendError {
 }
 
 type InfoFn<T> = dyn Fn(&RequestInfo<'_>) -> T + Send + Sync;
+type ChargeFn = dyn Fn(&ResponseInfo<'_>) -> Charge + Send + Sync;
+type DenyFn = dyn Fn(&Denial<'_>) -> Response<Bytes> + Send + Sync;
 
 struct Config<B> {
-    backend: B,
-    key: KeyExtractor,
-    cost: Option<Arc<InfoFn<u64>>>,
+    /// The policies, in the order they are asked (at least one).
+    policies: Box<[Active<B>]>,
     exempt: Option<Arc<InfoFn<bool>>>,
-    missing: MissingKey,
     on_error: OnBackendError,
-    headers: Headers,
-    /// Shadow (dry-run) mode: decide and count, refuse nothing. Switchable at runtime.
-    shadow: std::sync::atomic::AtomicBool,
+    /// Shadow (dry-run) mode for the whole layer: decide and count, refuse nothing.
+    /// Switchable at runtime.
+    shadow: AtomicBool,
     /// In shadow mode, whether responses carry the rate-limit headers.
     shadow_headers: bool,
-    /// Requests shadow mode let through that would have been refused (on a line of its own:
-    /// written under overload, while `shadow` beside it is read by every request).
-    would_deny: crossbeam_utils::CachePadded<std::sync::atomic::AtomicU64>,
-    /// The policy name, as given (a metrics label).
-    policy: String,
+    /// What a request costs once its response is known.
+    charge: Option<Arc<ChargeFn>>,
+    /// The user's denial response.
+    on_denied: Option<Arc<DenyFn>>,
+    /// Answer gRPC requests in gRPC (status 8 and friends) rather than HTTP statuses.
+    grpc: bool,
     /// When the missing peer address was last logged (seconds since the first such request,
     /// plus one; 0: never).
-    no_peer_logged: std::sync::atomic::AtomicU64,
-    /// The backend's housekeeping thread, stopped when the config drops.
+    no_peer_logged: AtomicU64,
+    /// The backends' housekeeping thread, stopped when the config drops.
     maintenance: std::sync::OnceLock<Maintenance>,
 }
 
 /// Stops the layer's housekeeping thread when dropped.
 struct Maintenance {
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
     thread: std::thread::Thread,
 }
 
 impl Drop for Maintenance {
     fn drop(&mut self) {
         // Relaxed: the flag alone is the message; `unpark` wakes the thread to read it.
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
         self.thread.unpark();
     }
 }
 
-/// Starts the housekeeping thread of `config`'s backend: every period it calls `maintain`
-/// while the config lives. It holds only a weak reference, and ends when the config drops
-/// (the last layer or service clone). `None` when the backend needs none, or the thread
-/// cannot be spawned (the limiter then sweeps on new keys, as without a layer).
+/// Starts the housekeeping thread of `config`'s backends: every period (the shortest any
+/// backend asks for) it calls their `maintain` while the config lives. It holds only a weak
+/// reference, and ends when the config drops (the last layer or service clone). `None` when
+/// no backend needs any, or the thread cannot be spawned (the limiters then sweep on new keys,
+/// as without a layer).
 fn start_maintenance<B: Backend>(config: &Arc<Config<B>>) -> Option<Maintenance> {
-    let period = config.backend.maintenance_period()?;
+    let period = config
+        .policies
+        .iter()
+        .filter_map(|p| p.backend.maintenance_period())
+        .min()?;
     let weak = Arc::downgrade(config);
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let stopped = stop.clone();
     let handle = std::thread::Builder::new()
         .name("tollgate-evictor".into())
         .spawn(move || loop {
             std::thread::park_timeout(period);
             // Relaxed: see `Maintenance::drop`.
-            if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            if stopped.load(Ordering::Relaxed) {
                 break;
             }
             match weak.upgrade() {
-                Some(config) => config.backend.maintain(),
+                Some(config) => config.policies.iter().for_each(|p| p.backend.maintain()),
                 None => break,
             }
         })
@@ -163,7 +170,7 @@ fn start_maintenance<B: Backend>(config: &Arc<Config<B>>) -> Option<Maintenance>
     })
 }
 
-/// The tower layer. Clone it freely (it shares one backend).
+/// The tower layer. Clone it freely (it shares its backends).
 pub struct RateLimitLayer<B> {
     config: Arc<Config<B>>,
 }
@@ -176,48 +183,138 @@ impl<B> Clone for RateLimitLayer<B> {
     }
 }
 
+/// No policy of this name in the layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownPolicy {
+    /// The name asked for.
+    pub name: String,
+}
+
+impl std::fmt::Display for UnknownPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the layer has no policy named {:?}", self.name)
+    }
+}
+
+impl std::error::Error for UnknownPolicy {}
+
 impl<B> RateLimitLayer<B> {
-    /// Switches shadow (dry-run) mode on or off while requests go on, for this layer and every
-    /// clone of it (see [`RateLimitLayerBuilder::shadow`]).
+    /// Switches shadow (dry-run) mode on or off for the whole layer while requests go on, for
+    /// this layer and every clone of it (see [`RateLimitLayerBuilder::shadow`]).
+    ///
+    /// ```
+    /// # use tollgate::{KeyedLimiter, Limit, http::{Key, RateLimitLayer}};
+    /// # let limiter: KeyedLimiter<Key> = KeyedLimiter::new(Limit::per_second(100)?);
+    /// let layer = RateLimitLayer::builder(limiter).shadow(true).build().unwrap();
+    /// layer.set_shadow(false); // enforce from now on
+    /// assert!(!layer.is_shadow());
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
     pub fn set_shadow(&self, on: bool) {
         // Relaxed: a setting; no other memory is published with it.
         self.config.shadow.store(on, Ordering::Relaxed);
     }
 
-    /// Whether shadow mode is on.
+    /// Whether the layer's shadow mode is on.
+    ///
+    /// ```
+    /// # use tollgate::{KeyedLimiter, Limit, http::{Key, RateLimitLayer}};
+    /// # let limiter: KeyedLimiter<Key> = KeyedLimiter::new(Limit::per_second(100)?);
+    /// let layer = RateLimitLayer::builder(limiter).build().unwrap();
+    /// assert!(!layer.is_shadow());
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
     pub fn is_shadow(&self) -> bool {
-        // Relaxed: as in `set_shadow`.
-        self.config.shadow.load(Ordering::Relaxed)
+        self.config.in_shadow()
     }
 
-    /// How many requests shadow mode let through that the layer would have refused.
+    /// Switches one policy's own shadow mode (see [`Policy::shadow`]) while requests go on.
+    ///
+    /// ```
+    /// # use tollgate::{KeyedLimiter, Limit, http::{Key, RateLimitLayer}};
+    /// # let limiter: KeyedLimiter<Key> = KeyedLimiter::new(Limit::per_second(100)?);
+    /// let layer = RateLimitLayer::builder(limiter).policy_name("ip").build().unwrap();
+    /// layer.set_policy_shadow("ip", true).unwrap();
+    /// assert_eq!(layer.is_policy_shadow("ip"), Some(true));
+    /// assert!(layer.set_policy_shadow("nope", true).is_err());
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`UnknownPolicy`] when the layer has no policy named `name` (nothing changes).
+    pub fn set_policy_shadow(&self, name: &str, on: bool) -> Result<(), UnknownPolicy> {
+        let policy = self.policy(name)?;
+        // Relaxed: as in `set_shadow`.
+        policy.shadow.store(on, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether policy `name`'s own shadow mode is on; `None` when there is no such policy.
+    pub fn is_policy_shadow(&self, name: &str) -> Option<bool> {
+        self.policy(name).ok().map(Active::in_shadow)
+    }
+
+    /// How many requests shadow mode let through that the layer would have refused (a
+    /// request several policies would have refused counts once per policy).
+    ///
+    /// ```
+    /// # use tollgate::{KeyedLimiter, Limit, http::{Key, RateLimitLayer}};
+    /// # let limiter: KeyedLimiter<Key> = KeyedLimiter::new(Limit::per_second(100)?);
+    /// let layer = RateLimitLayer::builder(limiter).shadow(true).build().unwrap();
+    /// assert_eq!(layer.would_deny(), 0);
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
     pub fn would_deny(&self) -> u64 {
+        self.config
+            .policies
+            .iter()
+            // Relaxed: counters.
+            .map(|p| p.would_deny.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// How many requests shadow mode let through that policy `name` would have refused;
+    /// `None` when there is no such policy.
+    pub fn policy_would_deny(&self, name: &str) -> Option<u64> {
         // Relaxed: a counter.
-        self.config.would_deny.load(Ordering::Relaxed)
+        self.policy(name)
+            .ok()
+            .map(|p| p.would_deny.load(Ordering::Relaxed))
+    }
+
+    /// The names of the layer's policies, in the order they are asked.
+    pub fn policies(&self) -> impl Iterator<Item = &str> + '_ {
+        self.config.policies.iter().map(|p| p.name.as_str())
+    }
+
+    fn policy(&self, name: &str) -> Result<&Active<B>, UnknownPolicy> {
+        self.config
+            .policies
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| UnknownPolicy {
+                name: name.to_string(),
+            })
     }
 }
 
 impl<B> Config<B> {
-    /// Whether shadow mode is on (read once per request).
+    /// Whether the layer's shadow mode is on (read once per request).
     fn in_shadow(&self) -> bool {
         // Relaxed: as in `RateLimitLayer::set_shadow`.
         self.shadow.load(Ordering::Relaxed)
     }
 
-    /// A refusal shadow mode turned into a pass: counted, and logged at debug level.
-    fn let_through(&self, why: &'static str) {
+    /// A refusal of policy `i` that shadow mode turned into a pass: counted, and logged at
+    /// debug level.
+    fn let_through(&self, i: usize, why: &'static str) {
+        let policy = &self.policies[i];
         // Relaxed: a counter.
-        self.would_deny.fetch_add(1, Ordering::Relaxed);
+        policy.would_deny.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
-        metrics::counter!("tollgate_http_would_deny_total", "policy" => self.policy.clone())
+        metrics::counter!("tollgate_http_would_deny_total", "policy" => policy.name.clone())
             .increment(1);
-        tracing::debug!(policy = %self.policy, why, "shadow mode: request let through");
-    }
-
-    /// The decision whose headers a passing response carries: none in shadow mode unless
-    /// asked for.
-    fn shown(&self, decision: Decision, shadow: bool) -> Option<Decision> {
-        (!shadow || self.shadow_headers).then_some(decision)
+        tracing::debug!(policy = %policy.name, why, "shadow mode: request let through");
     }
 }
 
@@ -235,8 +332,9 @@ impl<S, B> Layer<S> for RateLimitLayer<B> {
 impl<B: std::fmt::Debug> std::fmt::Debug for RateLimitLayer<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimitLayer")
-            .field("backend", &self.config.backend)
-            .field("key", &self.config.key)
+            .field("policies", &self.policies().collect::<Vec<_>>())
+            .field("backend", &self.config.policies[0].backend)
+            .field("key", &self.config.policies[0].key)
             .field("shadow", &self.is_shadow())
             .finish_non_exhaustive()
     }
@@ -252,7 +350,7 @@ impl<S: std::fmt::Debug, B: std::fmt::Debug> std::fmt::Debug for RateLimit<S, B>
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
-            .field("backend", &self.config.backend)
+            .field("backend", &self.config.policies[0].backend)
             .finish_non_exhaustive()
     }
 }
@@ -281,259 +379,13 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let config = &self.config;
         let info = RequestInfo::new(&req, req.body().size_hint().exact());
-        if config.exempt.as_ref().is_some_and(|f| f(&info)) {
+        if self.config.exempt.as_ref().is_some_and(|f| f(&info)) {
             return ResponseFuture::passthrough(self.inner.call(req));
         }
-        let key = match config.key.extract(&info) {
-            Some(key) => key,
-            None if config.key.lacks_peer(&info) => {
-                let response = no_peer_address(&config.no_peer_logged);
-                if config.in_shadow() {
-                    // Logged as a set-up error all the same; nothing refused.
-                    config.let_through("no peer address");
-                    return ResponseFuture::passthrough(self.inner.call(req));
-                }
-                return ResponseFuture::done(response);
-            }
-            None => match &config.missing {
-                MissingKey::Reject(_) if config.in_shadow() => {
-                    config.let_through("no key");
-                    return ResponseFuture::passthrough(self.inner.call(req));
-                }
-                MissingKey::Reject(status) => {
-                    let mut response =
-                        problem_response(*status, "the request carries no usable rate-limit key");
-                    if *status == StatusCode::UNAUTHORIZED {
-                        // RFC 9110 §15.5.2: a 401 carries a challenge.
-                        response
-                            .headers_mut()
-                            .insert(http::header::WWW_AUTHENTICATE, config.key.challenge());
-                    }
-                    return ResponseFuture::done(response);
-                }
-                MissingKey::Fallback(key) => key.share(),
-            },
-        };
-        let cost = config.cost.as_ref().map_or(1, |f| f(&info));
-        let check = config.backend.acquire(&key, cost);
         // Take the service that was polled ready; leave a clone in its place.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture {
-            state: State::Checking {
-                check,
-                req: Some(req),
-                inner: Some(inner),
-                key: Some(key),
-            },
-            config: Some(self.config.clone()),
-        }
-    }
-}
-
-pin_project! {
-    /// The response future of [`RateLimit`].
-    pub struct ResponseFuture<S, B, ReqBody>
-    where
-        S: Service<Request<ReqBody>>,
-        B: Backend,
-    {
-        #[pin]
-        state: State<S, B, ReqBody>,
-        config: Option<Arc<Config<B>>>,
-    }
-}
-
-impl<S, B, ReqBody> std::fmt::Debug for ResponseFuture<S, B, ReqBody>
-where
-    S: Service<Request<ReqBody>>,
-    B: Backend,
-{
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<S, B, ReqBody>
-    where
-        S: Service<Request<ReqBody>>,
-        B: Backend,
-    {
-        Checking {
-            #[pin]
-            check: B::Future,
-            req: Option<Request<ReqBody>>,
-            inner: Option<S>,
-            key: Option<Key>,
-        },
-        // A cost above capacity: peek for the headers, then deny.
-        Peeking {
-            #[pin]
-            check: B::Future,
-        },
-        Calling {
-            #[pin]
-            call: S::Future,
-            decision: Option<Decision>,
-        },
-        Done {
-            response: Option<Response<Bytes>>,
-        },
-    }
-}
-
-impl<S, B, ReqBody> ResponseFuture<S, B, ReqBody>
-where
-    S: Service<Request<ReqBody>>,
-    B: Backend,
-{
-    fn passthrough(call: S::Future) -> Self {
-        ResponseFuture {
-            state: State::Calling {
-                call,
-                decision: None,
-            },
-            config: None,
-        }
-    }
-
-    fn done(response: Response<Bytes>) -> Self {
-        ResponseFuture {
-            state: State::Done {
-                response: Some(response),
-            },
-            config: None,
-        }
-    }
-}
-
-impl<S, B, ReqBody, ResBody> Future for ResponseFuture<S, B, ReqBody>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    B: Backend,
-{
-    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Checking {
-                    check,
-                    req,
-                    inner,
-                    key,
-                } => {
-                    let verdict = ready!(check.poll(cx));
-                    let config = this.config.as_ref().expect("set while checking");
-                    let (Some(req), Some(mut inner)) = (req.take(), inner.take()) else {
-                        unreachable!("taken once")
-                    };
-                    let shadow = config.in_shadow();
-                    let next = match verdict {
-                        Ok(Ok(d)) if d.is_allowed() => State::Calling {
-                            call: inner.call(req),
-                            decision: config.shown(d, shadow),
-                        },
-                        Ok(Ok(d)) if shadow => {
-                            config.let_through(if d.is_degraded() {
-                                "backend failure policy"
-                            } else {
-                                "denied"
-                            });
-                            State::Calling {
-                                call: inner.call(req),
-                                decision: config.shown(d, shadow).filter(|d| !d.is_degraded()),
-                            }
-                        }
-                        Ok(Ok(d)) if d.is_degraded() => State::Done {
-                            response: Some(degraded_denial()),
-                        },
-                        Ok(Ok(d)) => State::Done {
-                            response: Some(denied(&config.headers, &d)),
-                        },
-                        Ok(Err(_too_costly)) if shadow => {
-                            config.let_through("cost above the capacity");
-                            State::Calling {
-                                call: inner.call(req),
-                                decision: None,
-                            }
-                        }
-                        Ok(Err(_too_costly)) => match key.take() {
-                            Some(key) => State::Peeking {
-                                check: config.backend.acquire(&key, 0),
-                            },
-                            None => unreachable!("taken once"),
-                        },
-                        Err(error) => match config.on_error {
-                            OnBackendError::FailOpen => {
-                                tracing::warn!(%error, "rate-limit backend failed; request let through (fail open)");
-                                State::Calling {
-                                    call: inner.call(req),
-                                    decision: None,
-                                }
-                            }
-                            OnBackendError::FailClosed if shadow => {
-                                tracing::warn!(%error, "rate-limit backend failed; request let through (shadow mode)");
-                                config.let_through("backend error");
-                                State::Calling {
-                                    call: inner.call(req),
-                                    decision: None,
-                                }
-                            }
-                            OnBackendError::FailClosed => {
-                                // The error (hosts, server messages) goes to the log, not to
-                                // the client.
-                                tracing::warn!(%error, "rate-limit backend failed; request refused (fail closed)");
-                                State::Done {
-                                    response: Some(degraded_denial()),
-                                }
-                            }
-                        },
-                    };
-                    this.state.set(next);
-                }
-                StateProj::Peeking { check } => {
-                    let verdict = ready!(check.poll(cx));
-                    let config = this.config.as_ref().expect("set while peeking");
-                    let mut response = problem_response(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "the request costs more than the limit's capacity: it can never be \
-                         granted, and retrying will not help",
-                    );
-                    // No Retry-After: no wait makes this request pass (issue 19). The key's
-                    // bucket is described as for any decision.
-                    if let Ok(Ok(d)) = verdict {
-                        config.headers.apply(&d, response.headers_mut());
-                    }
-                    this.state.set(State::Done {
-                        response: Some(response),
-                    });
-                }
-                StateProj::Calling { call, decision } => {
-                    let response = ready!(call.poll(cx))?;
-                    let (mut parts, body) = response.into_parts();
-                    if let (Some(d), Some(config)) = (decision.as_ref(), this.config.as_ref()) {
-                        config.headers.apply(d, &mut parts.headers);
-                    }
-                    return Poll::Ready(Ok(Response::from_parts(
-                        parts,
-                        ResponseBody::Inner { body },
-                    )));
-                }
-                StateProj::Done { response } => {
-                    let response = response.take().expect("polled after completion");
-                    let (parts, body) = response.into_parts();
-                    return Poll::Ready(Ok(Response::from_parts(
-                        parts,
-                        ResponseBody::Full { data: Some(body) },
-                    )));
-                }
-            }
-        }
+        ResponseFuture::start(self.config.clone(), req, inner)
     }
 }

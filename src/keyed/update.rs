@@ -103,12 +103,36 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         self.update_key(key, 0, None, |s, w, k, _| state::reset(s, w, k))
     }
 
-    /// Applies `op` to `key`'s bucket. `op` never empties a bucket (it adds or fills), so a key
-    /// without a bucket (or one being evicted) whose untouched bucket is full is full before
-    /// and after: the answer is computed on a full word and nothing is inserted. (Only after a
-    /// change that raised the capacity with [`Inherit::Keep`](crate::Inherit::Keep) is an untouched bucket not full
-    /// for a while; then the key's bucket is created first, by an exact peek.) With `only`,
-    /// `op` gets `n` only for an entry under that slot, and 0 otherwise.
+    /// Charges `n` tokens to `key`'s bucket after the fact, taking as many as there are (up to
+    /// `n`) and refusing nothing: for a cost known only once the work is done (bytes sent,
+    /// tokens a model generated). The decision is allowed and shows what is left: 0 when the
+    /// charge took more than there was, so the key's next requests wait for the refill. A new
+    /// key at the key cap (answered by the shared overflow bucket) is not charged.
+    ///
+    /// ```
+    /// use tollgate::{KeyedLimiter, Limit};
+    /// let limiter: KeyedLimiter<String> = KeyedLimiter::new(Limit::per_hour(100)?);
+    /// assert_eq!(limiter.charge_key("alice", 30).remaining(), 70);
+    /// assert_eq!(limiter.charge_key("alice", 500).remaining(), 0); // all there was
+    /// assert!(limiter.check_key("alice").is_denied());
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn charge_key<Q>(&self, key: &Q, n: u64) -> Decision
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.update_key(key, n, None, state::drain)
+    }
+
+    /// Applies `op` to `key`'s bucket. When `op` never empties a bucket (it adds or fills), a
+    /// key without a bucket (or one being evicted) whose untouched bucket is full is full
+    /// before and after: the answer is computed on a full word and nothing is inserted. (Only
+    /// after a change that raised the capacity with [`Inherit::Keep`](crate::Inherit::Keep) is
+    /// an untouched bucket not full for a while; then the key's bucket is created first, by an
+    /// exact peek.) An `op` that takes (`drain`, with `n > 0`) always needs the bucket: it is
+    /// created first, unless the key cap refuses it. With `only`, `op` gets `n` only for an
+    /// entry under that slot, and 0 otherwise.
     fn update_key<Q>(
         &self,
         key: &Q,
@@ -137,14 +161,17 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
             let under = self.slot(self.current_slot(self.tier_of(&key.to_owned())));
             let k = under.steps().step_index(now.saturating_sub(self.epoch));
             let (tokens, _) = under.fresh(k);
-            if tokens == under.steps().cap || inserted {
-                let out = op(under.steps(), under.fresh_word(k), k, n);
+            let out = op(under.steps(), under.fresh_word(k), k, n);
+            if (tokens == under.steps().cap && out.tokens == tokens) || inserted {
                 return Decision::new(under.steps(), &out, 0, now, self.epoch);
             }
-            // Not full: the change must be recorded, so create the bucket (an exact peek) and
-            // go again. At the key cap nothing is created and the answer is computed as above.
-            inserted = true;
-            let _ = self.first_touch(shard, &pinned, &probe, 0, now);
+            // Not full, or the op takes: the change must be recorded, so create the bucket (an
+            // exact peek) and go again; a bucket evicted meanwhile is created again. At the key
+            // cap nothing is created and the answer is computed as above.
+            inserted = matches!(
+                self.first_touch(shard, &pinned, &probe, 0, now),
+                super::first_touch::Touch::Full(_)
+            );
         }
     }
 }
