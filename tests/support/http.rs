@@ -77,7 +77,7 @@ pub fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reque
     b.body(Full::default()).unwrap()
 }
 
-pub fn api(layer: RateLimitLayer<KeyedLimiter<Key>>) -> Router {
+pub fn api<B: tollgate::http::Backend>(layer: RateLimitLayer<B>) -> Router {
     Router::new()
         .route("/api", get(|| async { "hello" }))
         .route("/upload", post(|| async { "stored" }))
