@@ -67,6 +67,7 @@ mod clock;
 mod decision;
 #[cfg(feature = "http")]
 pub mod http;
+mod inflight;
 mod keyed;
 mod limit;
 #[cfg(feature = "serde")]
@@ -90,6 +91,7 @@ pub use clock::{
     Clock, CoarseClock, DefaultClock, ManualClock, MonotonicClock, COARSE_UPKEEP_INTERVAL,
 };
 pub use decision::{Decision, InsufficientCapacity};
+pub use inflight::{Busy, InFlightLimiter, InFlightPermit};
 pub use keyed::{
     AtCapacity, Evictor, KeyHashState, KeyHasher, KeyedLimiter, KeyedLimiterBuilder,
     KeyedReservation, SetLimitError, MAX_PRESIZE,

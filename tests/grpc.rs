@@ -55,7 +55,9 @@ async fn a_denied_grpc_call_is_resource_exhausted_with_retry_metadata() {
         .clock(clock.clone())
         .build();
     let layer = RateLimitLayer::builder(limiter)
-        .key(KeyExtractor::header(http::HeaderName::from_static("x-client")))
+        .key(KeyExtractor::header(http::HeaderName::from_static(
+            "x-client",
+        )))
         .policy_name("client")
         .build()
         .unwrap();
@@ -74,10 +76,7 @@ async fn a_denied_grpc_call_is_resource_exhausted_with_retry_metadata() {
     let meta = status.metadata();
     assert_eq!(meta.get("retry-after").unwrap(), "5");
     assert_eq!(meta.get("grpc-retry-pushback-ms").unwrap(), "5000");
-    assert_eq!(
-        meta.get("ratelimit-policy").unwrap(),
-        "\"client\";q=2;w=10"
-    );
+    assert_eq!(meta.get("ratelimit-policy").unwrap(), "\"client\";q=2;w=10");
     // Another client is not limited; a missing key is UNAUTHENTICATED.
     assert!(client.check(check("b")).await.is_ok());
     let status = client
@@ -97,7 +96,10 @@ async fn a_denied_grpc_call_is_resource_exhausted_with_retry_metadata() {
 #[tokio::test]
 async fn without_grpc_answers_the_client_sees_an_http_429() {
     let limiter = KeyedLimiter::new(Limit::per_hour(1).unwrap());
-    let layer = RateLimitLayer::builder(limiter).grpc(false).build().unwrap();
+    let layer = RateLimitLayer::builder(limiter)
+        .grpc(false)
+        .build()
+        .unwrap();
     let mut client = serve(layer).await;
     assert!(client.check(check("a")).await.is_ok());
     let status = client.check(check("a")).await.unwrap_err();

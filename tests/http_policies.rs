@@ -220,14 +220,20 @@ async fn charge_only_failed_logins() {
     let c = client();
     let post_login = |password: &'static str| {
         http::Request::post(format!("http://{addr}/login"))
-            .body(http_body_util::Full::new(Bytes::from_static(password.as_bytes())))
+            .body(http_body_util::Full::new(Bytes::from_static(
+                password.as_bytes(),
+            )))
             .unwrap()
     };
     for _ in 0..5 {
         assert_eq!(send(&c, post_login("right")).await.status, StatusCode::OK);
     }
     let ip = Key::Ip("127.0.0.1".parse().unwrap());
-    assert_eq!(limiter.snapshot_key(&ip).remaining(), 2, "successes are free");
+    assert_eq!(
+        limiter.snapshot_key(&ip).remaining(),
+        2,
+        "successes are free"
+    );
     for _ in 0..2 {
         assert_eq!(
             send(&c, post_login("wrong")).await.status,
@@ -312,7 +318,10 @@ async fn a_custom_denial_response() {
     assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(&got.body[..], b"<p>key says wait 7 s</p>");
     assert_eq!(got.header("retry-after"), Some("7"));
-    assert_eq!(members(&got, "ratelimit"), [("key".into(), "r=0;t=7".into())]);
+    assert_eq!(
+        members(&got, "ratelimit"),
+        [("key".into(), "r=0;t=7".into())]
+    );
 }
 
 /// A backend that cannot give tokens back.
@@ -333,7 +342,7 @@ impl Backend for NoUndo {
 #[test]
 fn building_checks_names_and_undo() {
     let limit = Limit::per_second(1).unwrap();
-    let mk = || KeyedLimiter::<Key>::new(limit.clone());
+    let mk = || KeyedLimiter::<Key>::new(limit);
     let err = RateLimitLayer::builder(mk())
         .policy_name("a")
         .policy(Policy::new("a", mk()))
@@ -345,12 +354,12 @@ fn building_checks_names_and_undo() {
         .build()
         .unwrap_err();
     assert!(matches!(err, LayerError::PolicyName(_)), "{err}");
-    let err = RateLimitLayer::builder(NoUndo(limit.clone()))
-        .policy(Policy::new("b", NoUndo(limit.clone())))
+    let err = RateLimitLayer::builder(NoUndo(limit))
+        .policy(Policy::new("b", NoUndo(limit)))
         .build()
         .unwrap_err();
     assert_eq!(err, LayerError::CannotUndo("default".into()));
-    let err = RateLimitLayer::builder(NoUndo(limit.clone()))
+    let err = RateLimitLayer::builder(NoUndo(limit))
         .charge_by_response(|_| Charge::Keep)
         .build()
         .unwrap_err();

@@ -480,3 +480,71 @@ fn upkeep_park_racing_readers() {
         );
     });
 }
+
+/// In-flight limits: two threads ask for the one slot of a key while a sweep retires idle
+/// counters; at most one holds a permit at a time, a release is never lost, and the key admits
+/// again afterwards (no permit is taken from a retired counter).
+#[test]
+fn in_flight_never_exceeds_max_across_a_sweep() {
+    use loom::sync::atomic::{AtomicUsize, Ordering};
+    use std::num::NonZeroU64;
+    use tollgate::InFlightLimiter;
+    loom::model(|| {
+        let limiter: Arc<InFlightLimiter<u64>> =
+            Arc::new(InFlightLimiter::new(NonZeroU64::new(1).unwrap()));
+        let holders = Arc::new(AtomicUsize::new(0));
+        // The key's entry exists and is idle: the sweep may retire it mid-way.
+        drop(limiter.try_acquire(&1).unwrap());
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let (limiter, holders) = (limiter.clone(), holders.clone());
+                thread::spawn(move || {
+                    if let Ok(permit) = limiter.try_acquire(&1) {
+                        assert_eq!(holders.fetch_add(1, Ordering::SeqCst), 0, "two holders");
+                        holders.fetch_sub(1, Ordering::SeqCst);
+                        drop(permit);
+                    }
+                })
+            })
+            .collect();
+        let sweeper = {
+            let limiter = limiter.clone();
+            thread::spawn(move || {
+                limiter.sweep();
+            })
+        };
+        for w in workers {
+            w.join().unwrap();
+        }
+        sweeper.join().unwrap();
+        assert_eq!(limiter.in_flight(&1), 0);
+        let permit = limiter.try_acquire(&1).expect("released");
+        assert!(limiter.try_acquire(&1).is_err());
+        drop(permit);
+    });
+}
+
+/// In-flight limits: a permit held across a sweep keeps its entry (a counter above zero is
+/// never retired), so a second ask is refused until the release.
+#[test]
+fn a_held_permit_survives_a_sweep() {
+    use std::num::NonZeroU64;
+    use tollgate::InFlightLimiter;
+    loom::model(|| {
+        let limiter: Arc<InFlightLimiter<u64>> =
+            Arc::new(InFlightLimiter::new(NonZeroU64::new(1).unwrap()));
+        let permit = limiter.try_acquire(&1).unwrap();
+        let sweeper = {
+            let limiter = limiter.clone();
+            thread::spawn(move || limiter.sweep())
+        };
+        let other = {
+            let limiter = limiter.clone();
+            thread::spawn(move || limiter.try_acquire(&1).is_ok())
+        };
+        assert!(!other.join().unwrap(), "the slot is held");
+        assert_eq!(sweeper.join().unwrap(), 0);
+        drop(permit);
+        assert!(limiter.try_acquire(&1).is_ok());
+    });
+}
