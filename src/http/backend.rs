@@ -71,6 +71,13 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (key, cost, taken);
     }
 
+    /// The tier a decision of this backend was made under (a metrics label); `None` (the
+    /// default) when the backend has no tiers or cannot tell.
+    fn tier(&self, decision: &Decision) -> Option<usize> {
+        let _ = decision;
+        None
+    }
+
     /// Charges `n` more tokens to `key` once a response is known, taking as many as there are
     /// (up to `n`) and refusing nothing (see [`KeyedLimiter::charge_key`]). Default: nothing.
     fn charge(&self, key: &Key, n: u64) {
@@ -107,6 +114,10 @@ where
 
     fn charge(&self, key: &Key, n: u64) {
         let _ = self.charge_key(key, n);
+    }
+
+    fn tier(&self, decision: &Decision) -> Option<usize> {
+        self.tier_of_slot(decision.slot())
     }
 
     fn maintenance_period(&self) -> Option<std::time::Duration> {
@@ -149,5 +160,9 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
 
     fn charge(&self, key: &Key, n: u64) {
         (**self).charge(key, n)
+    }
+
+    fn tier(&self, decision: &Decision) -> Option<usize> {
+        (**self).tier(decision)
     }
 }

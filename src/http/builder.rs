@@ -9,7 +9,7 @@ use http::Response;
 use super::{
     start_maintenance, Backend, Charge, ChargeFn, Config, Denial, DenyFn, HeaderStyle, InfoFn,
     KeyExtractor, MissingKey, OnBackendError, Policy, PolicyNameError, RateLimitLayer, RequestInfo,
-    ResponseInfo,
+    ResponseInfo, RouteFn,
 };
 
 /// Why a [`RateLimitLayerBuilder`] did not build.
@@ -75,6 +75,7 @@ impl<B: Backend> RateLimitLayer<B> {
             charge: None,
             on_denied: None,
             grpc: true,
+            route: None,
         }
     }
 }
@@ -95,6 +96,7 @@ pub struct RateLimitLayerBuilder<B> {
     charge: Option<Arc<ChargeFn>>,
     on_denied: Option<Arc<DenyFn>>,
     grpc: bool,
+    route: Option<Arc<RouteFn>>,
 }
 
 impl<B: Backend> RateLimitLayerBuilder<B> {
@@ -280,6 +282,29 @@ impl<B: Backend> RateLimitLayerBuilder<B> {
         self
     }
 
+    /// The `route` label of the layer's metrics and log events for a request (keep the set of
+    /// values small: a route pattern, not a path with ids). Default: with the `axum` feature,
+    /// axum's matched route (`/users/{id}`) when the layer is added with `Router::layer` or
+    /// `route_layer`; none otherwise. See the [metrics](super#metrics-and-logs).
+    ///
+    /// ```
+    /// # use tollgate::{KeyedLimiter, Limit, http::{Key, RateLimitLayer}};
+    /// # let limiter: KeyedLimiter<Key> = KeyedLimiter::new(Limit::per_minute(5)?);
+    /// let layer = RateLimitLayer::builder(limiter)
+    ///     .route_label(|req| Some(req.uri.path().split('/').nth(1)?.to_string()))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn route_label(
+        mut self,
+        f: impl Fn(&RequestInfo<'_>) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.route = Some(Arc::new(f));
+        self
+    }
+
     /// Builds the layer.
     ///
     /// # Errors
@@ -316,6 +341,7 @@ impl<B: Backend> RateLimitLayerBuilder<B> {
             charge: self.charge,
             on_denied: self.on_denied,
             grpc: self.grpc,
+            route: self.route,
             no_peer_logged: AtomicU64::new(0),
             maintenance: std::sync::OnceLock::new(),
         });
@@ -343,6 +369,7 @@ impl<B: std::fmt::Debug> std::fmt::Debug for RateLimitLayerBuilder<B> {
             .field("charge", &self.charge.as_ref().map(|_| "fn"))
             .field("on_denied", &self.on_denied.as_ref().map(|_| "fn"))
             .field("grpc", &self.grpc)
+            .field("route", &self.route.as_ref().map(|_| "fn"))
             .finish()
     }
 }

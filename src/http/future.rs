@@ -17,6 +17,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::charge::OnEnd;
+use super::observe::{self, Outcome};
 use super::responses::{
     add_retry_after, degraded_denial, is_grpc, missing_key, no_peer_address, to_grpc, too_many,
     Denial,
@@ -93,6 +94,8 @@ struct Run {
     shadow: bool,
     /// A gRPC call, answered in gRPC.
     grpc: bool,
+    /// The route label, when decisions are observed.
+    route: Option<Arc<str>>,
 }
 
 /// One policy's part in a request.
@@ -157,9 +160,16 @@ where
     where
         ReqBody: Body,
     {
+        let route = observe::wanted()
+            .then(|| {
+                let info = RequestInfo::new(&req, None);
+                observe::route_of(config.route.as_deref(), &info)
+            })
+            .flatten();
         let mut run = Run {
             shadow: config.in_shadow(),
             grpc: config.grpc && is_grpc(&req),
+            route,
             ..Run::default()
         };
         let state = ask(&config, &mut run, req, inner, 0);
@@ -194,6 +204,7 @@ where
             None if peek => continue,
             None if p.key.lacks_peer(&info) => {
                 let response = no_peer_address(&config.no_peer_logged);
+                config.observe(i, no_key(shadow), None, run.route.as_ref());
                 if shadow {
                     // Logged as a set-up error all the same; nothing refused.
                     config.let_through(i, "no peer address");
@@ -203,11 +214,12 @@ where
                 break;
             }
             None => match &p.missing {
-                MissingKey::Reject(_) if shadow => {
-                    config.let_through(i, "no key");
-                    continue;
-                }
                 MissingKey::Reject(status) => {
+                    config.observe(i, no_key(shadow), None, run.route.as_ref());
+                    if shadow {
+                        config.let_through(i, "no key");
+                        continue;
+                    }
                     run.refusal = Some(Refusal::Answer(missing_key(*status, &p.key)));
                     break;
                 }
@@ -412,9 +424,14 @@ fn answered<B: Backend>(
         shown,
         took,
     };
+    let route = run.route.as_ref();
     match verdict {
-        Ok(Ok(d)) if d.is_allowed() => run.ledger.push(entry(key, shown(d), Some(d))),
+        Ok(Ok(d)) if d.is_allowed() => {
+            config.observe(i, Outcome::of_grant(&d), Some(&d), route);
+            run.ledger.push(entry(key, shown(d), Some(d)));
+        }
         Ok(Ok(d)) if shadow => {
+            config.observe(i, Outcome::ShadowDenied, Some(&d), route);
             config.let_through(
                 i,
                 if d.is_degraded() {
@@ -427,9 +444,11 @@ fn answered<B: Backend>(
                 .push(entry(key, shown(d).filter(|d| !d.is_degraded()), None));
         }
         Ok(Ok(d)) if d.is_degraded() => {
+            config.observe(i, Outcome::Error, None, route);
             run.refusal = Some(Refusal::Answer(degraded_denial()));
         }
         Ok(Ok(d)) => {
+            config.observe(i, Outcome::Denied, Some(&d), route);
             run.refusal = Some(Refusal::Denied {
                 policy: i,
                 decision: Some(d),
@@ -437,8 +456,12 @@ fn answered<B: Backend>(
             });
             run.ledger.push(entry(key, Some(d), None));
         }
-        Ok(Err(_too_costly)) if shadow => config.let_through(i, "cost above the capacity"),
+        Ok(Err(_too_costly)) if shadow => {
+            config.observe(i, Outcome::ShadowDenied, None, route);
+            config.let_through(i, "cost above the capacity");
+        }
         Ok(Err(_too_costly)) => {
+            config.observe(i, Outcome::Denied, None, route);
             // No Retry-After: no wait makes this request pass (issue 19).
             run.refusal = Some(Refusal::Denied {
                 policy: i,
@@ -447,22 +470,34 @@ fn answered<B: Backend>(
             });
             return Some(key);
         }
-        Err(error) => match config.on_error {
-            OnBackendError::FailOpen => {
-                tracing::warn!(%error, policy = %config.policies[i].name, "rate-limit backend failed; request let through (fail open)");
+        Err(error) => {
+            config.observe(i, Outcome::Error, None, route);
+            match config.on_error {
+                OnBackendError::FailOpen => {
+                    tracing::warn!(%error, policy = %config.policies[i].name, "rate-limit backend failed; request let through (fail open)");
+                }
+                OnBackendError::FailClosed if shadow => {
+                    tracing::warn!(%error, policy = %config.policies[i].name, "rate-limit backend failed; request let through (shadow mode)");
+                    config.let_through(i, "backend error");
+                }
+                OnBackendError::FailClosed => {
+                    // The error (hosts, server messages) goes to the log, not to the client.
+                    tracing::warn!(%error, policy = %config.policies[i].name, "rate-limit backend failed; request refused (fail closed)");
+                    run.refusal = Some(Refusal::Answer(degraded_denial()));
+                }
             }
-            OnBackendError::FailClosed if shadow => {
-                tracing::warn!(%error, policy = %config.policies[i].name, "rate-limit backend failed; request let through (shadow mode)");
-                config.let_through(i, "backend error");
-            }
-            OnBackendError::FailClosed => {
-                // The error (hosts, server messages) goes to the log, not to the client.
-                tracing::warn!(%error, policy = %config.policies[i].name, "rate-limit backend failed; request refused (fail closed)");
-                run.refusal = Some(Refusal::Answer(degraded_denial()));
-            }
-        },
+        }
     }
     None
+}
+
+/// The outcome of a missing key (or peer address): let through in shadow mode.
+fn no_key(shadow: bool) -> Outcome {
+    if shadow {
+        Outcome::ShadowDenied
+    } else {
+        Outcome::NoKey
+    }
 }
 
 /// A look at policy `i` (cost 0) after a refusal: its bucket for the headers, and its wait if it

@@ -30,6 +30,33 @@
 //! In shadow mode ([`RateLimitLayerBuilder::shadow`]) the layer decides and counts as above but
 //! refuses nothing.
 //!
+//! More:
+//! - several [`Policy`]s over different keys in one layer, all-or-nothing (a refusal by one
+//!   gives back what the others took), each a member of the header lists;
+//! - charging by response ([`RateLimitLayerBuilder::charge_by_response`], [`Charge`]): count
+//!   only failed logins, or charge by the bytes sent;
+//! - a custom denial response ([`RateLimitLayerBuilder::on_denied`]), and gRPC calls refused
+//!   in gRPC (`RESOURCE_EXHAUSTED`, [`RateLimitLayerBuilder::grpc`]);
+//! - [`InFlightLayer`]: at most N requests in flight per key.
+//!
+//! # Metrics and logs
+//!
+//! With the `metrics` feature, every decision of a policy counts in
+//! `tollgate_http_decisions_total`, labelled
+//! - `policy`: the policy's name;
+//! - `tier`: the key's tier in a tiered [`KeyedLimiter`](crate::KeyedLimiter) (empty without);
+//! - `route`: [`RateLimitLayerBuilder::route_label`]; by default, with the `axum` feature,
+//!   axum's matched route (`/items/{id}`); empty otherwise;
+//! - `outcome`: `allowed`; `near_limit` (allowed, with less than a fifth of the capacity left,
+//!   as Envoy's near-limit counter); `denied`; `shadow_denied` (refused in shadow mode, let
+//!   through); `error` (the backend failed); `no_key` (no key, or no peer address).
+//!
+//! A request counts once per policy that decided it (a policy only looked at after another
+//! refused, for the headers, does not count). `tollgate_http_would_deny_total{policy}` counts
+//! shadow-mode passes. Each decision is also a `tracing` event at debug level (policy,
+//! outcome, tier, route, remaining, capacity, wait; never the key, which may be a secret). The
+//! `prometheus` example serves the counters on `/metrics`.
+//!
 //! [tower]: https://docs.rs/tower
 
 mod backend;
@@ -40,6 +67,7 @@ mod future;
 mod headers;
 mod inflight;
 mod key;
+mod observe;
 mod policy;
 mod proxies;
 mod responses;
@@ -100,6 +128,7 @@ pub enum OnBackendError {
 type InfoFn<T> = dyn Fn(&RequestInfo<'_>) -> T + Send + Sync;
 type ChargeFn = dyn Fn(&ResponseInfo<'_>) -> Charge + Send + Sync;
 type DenyFn = dyn Fn(&Denial<'_>) -> Response<Bytes> + Send + Sync;
+type RouteFn = dyn Fn(&RequestInfo<'_>) -> Option<String> + Send + Sync;
 
 struct Config<B> {
     /// The policies, in the order they are asked (at least one).
@@ -117,6 +146,8 @@ struct Config<B> {
     on_denied: Option<Arc<DenyFn>>,
     /// Answer gRPC requests in gRPC (status 8 and friends) rather than HTTP statuses.
     grpc: bool,
+    /// The route label of a request (metrics, logs).
+    route: Option<Arc<RouteFn>>,
     /// When the missing peer address was last logged (seconds since the first such request,
     /// plus one; 0: never).
     no_peer_logged: AtomicU64,
@@ -314,7 +345,7 @@ impl<B> Config<B> {
         // Relaxed: a counter.
         policy.would_deny.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
-        metrics::counter!("tollgate_http_would_deny_total", "policy" => policy.name.clone())
+        metrics::counter!("tollgate_http_would_deny_total", "policy" => policy.label.clone())
             .increment(1);
         tracing::debug!(policy = %policy.name, why, "shadow mode: request let through");
     }

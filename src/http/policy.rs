@@ -135,6 +135,8 @@ impl<B: Backend> Policy<B> {
     pub(super) fn activate(self, style: HeaderStyle) -> Result<Active<B>, PolicyNameError> {
         Ok(Active {
             headers: Headers::new(style, &self.name, self.backend.limit())?,
+            #[cfg(feature = "metrics")]
+            label: metrics::SharedString::from(Arc::<str>::from(self.name.as_str())),
             name: self.name,
             backend: self.backend,
             key: self.key,
@@ -162,6 +164,9 @@ impl<B: std::fmt::Debug> std::fmt::Debug for Policy<B> {
 /// A policy in a built layer.
 pub(super) struct Active<B> {
     pub(super) name: String,
+    /// The name as a metrics label (shared, not copied per decision).
+    #[cfg(feature = "metrics")]
+    pub(super) label: metrics::SharedString,
     pub(super) backend: B,
     pub(super) key: KeyExtractor,
     pub(super) cost: Option<Arc<InfoFn<u64>>>,

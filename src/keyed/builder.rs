@@ -182,7 +182,8 @@ impl<K, S> KeyedLimiterBuilder<K, S> {
         let ttl_ns = u64::try_from(idle_ttl.as_nanos()).unwrap_or(u64::MAX);
         let first: Box<[Slot]> = std::iter::once(self.limit)
             .chain(self.tiers)
-            .map(|limit| Slot::new(limit, ttl_ns, None))
+            .enumerate()
+            .map(|(tier, limit)| Slot::new(limit, tier, ttl_ns, None))
             .collect();
         let shards = self
             .shards

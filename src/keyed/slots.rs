@@ -46,6 +46,8 @@ impl std::error::Error for SetLimitError {}
 /// One limit keys can be under (a slot): a tier's limit, or the limit a change gave a tier.
 pub(super) struct Slot {
     pub(super) limit: Limit,
+    /// The tier whose limit this is.
+    pub(super) tier: usize,
     /// Steps a full bucket must have been idle before it may be evicted.
     pub(super) idle_steps: u64,
     /// The bucket of a key no call has touched: `fresh_tokens` at step `fresh_mark`, refilling
@@ -70,11 +72,12 @@ impl Slot {
         self.limit.steps()
     }
 
-    pub(super) fn new(limit: Limit, ttl_ns: u64, fresh: Option<(u64, u64)>) -> Slot {
+    pub(super) fn new(limit: Limit, tier: usize, ttl_ns: u64, fresh: Option<(u64, u64)>) -> Slot {
         let steps = *limit.steps();
         let (fresh_tokens, fresh_mark) = fresh.unwrap_or((steps.cap, 0));
         Slot {
             limit,
+            tier,
             idle_steps: steps.step_index(ttl_ns).saturating_add(2),
             fresh_tokens,
             fresh_mark,
@@ -136,6 +139,12 @@ impl<K, S> KeyedLimiter<K, S> {
     pub(super) fn current_slot(&self, tier: usize) -> usize {
         // Acquire: pairs with the Release in `set_tier_limit`, so the slot is seen.
         self.current[tier].load(Ordering::Acquire)
+    }
+
+    /// The tier of the limit slot `slot` (`None` for `usize::MAX`: the key cap's answer).
+    #[cfg(feature = "http")]
+    pub(crate) fn tier_of_slot(&self, slot: usize) -> Option<usize> {
+        (slot != usize::MAX).then(|| self.slot(slot).tier)
     }
 
     /// The limit of tier 0 (every key's, without tiers) now.
@@ -246,6 +255,7 @@ impl<K, S> KeyedLimiter<K, S> {
         let fresh = state::convert(old.steps(), tokens, mark, t, limit.steps(), inherit);
         let new = Box::new(Slot::new(
             limit,
+            tier,
             u64::try_from(self.idle_ttl.as_nanos()).unwrap_or(u64::MAX),
             Some(fresh),
         ));
