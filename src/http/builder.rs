@@ -57,6 +57,38 @@ impl From<PolicyNameError> for LayerError {
 }
 
 impl<B: Backend> RateLimitLayer<B> {
+    /// A builder whose first policy is `policy` (its name, backend, key, cost, missing-key
+    /// answer, shadow mode and scope).
+    ///
+    /// ```
+    /// # use tollgate::{KeyedLimiter, Limit, http::{Key, KeyExtractor, Policy, RateLimitLayer}};
+    /// # let limiter: KeyedLimiter<Key> = KeyedLimiter::new(Limit::per_minute(5)?);
+    /// let layer = RateLimitLayer::from_policy(Policy::new("ip", limiter).key(KeyExtractor::peer_ip()))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn from_policy(policy: Policy<B>) -> RateLimitLayerBuilder<B> {
+        let Policy {
+            name,
+            backend,
+            key,
+            cost,
+            missing,
+            shadow,
+            when,
+        } = policy;
+        let mut builder = RateLimitLayer::builder(backend);
+        builder.policy = name;
+        builder.key = key;
+        builder.cost = cost;
+        builder.missing = missing;
+        builder.first_shadow = shadow;
+        builder.first_when = when;
+        builder
+    }
+
     /// A builder over `backend` (a [`KeyedLimiter<Key>`](crate::KeyedLimiter), an `Arc` of one,
     /// or another [`Backend`]).
     pub fn builder(backend: B) -> RateLimitLayerBuilder<B> {
@@ -76,6 +108,8 @@ impl<B: Backend> RateLimitLayer<B> {
             on_denied: None,
             grpc: true,
             route: None,
+            first_shadow: false,
+            first_when: None,
         }
     }
 }
@@ -97,6 +131,9 @@ pub struct RateLimitLayerBuilder<B> {
     on_denied: Option<Arc<DenyFn>>,
     grpc: bool,
     route: Option<Arc<RouteFn>>,
+    /// The first policy's own shadow mode and scope (from [`RateLimitLayer::from_policy`]).
+    first_shadow: bool,
+    first_when: Option<Arc<InfoFn<bool>>>,
 }
 
 impl<B: Backend> RateLimitLayerBuilder<B> {
@@ -319,7 +356,8 @@ impl<B: Backend> RateLimitLayerBuilder<B> {
             key: self.key,
             cost: self.cost,
             missing: self.missing,
-            shadow: false,
+            shadow: self.first_shadow,
+            when: self.first_when,
         };
         let several = !self.more.is_empty();
         let mut policies = Vec::with_capacity(1 + self.more.len());

@@ -197,6 +197,9 @@ where
 {
     let info = RequestInfo::new(&req, req.body().size_hint().exact());
     for (i, p) in config.policies.iter().enumerate().skip(from) {
+        if !p.applies(&info) {
+            continue;
+        }
         let peek = run.refusal.is_some();
         let shadow = run.shadow || p.in_shadow();
         let key = match p.key.extract(&info) {

@@ -71,6 +71,8 @@ mod observe;
 mod policy;
 mod proxies;
 mod responses;
+#[cfg(feature = "config")]
+mod rules;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -93,6 +95,8 @@ pub use key::{Key, KeyExtractor, PeerAddr, RequestInfo};
 pub use policy::Policy;
 pub use proxies::{CidrError, ForwardedHeader, TrustedProxies};
 pub use responses::Denial;
+#[cfg(feature = "config")]
+pub use rules::{ConfigError, Reloaded, RuleSet, RuleWatcher};
 
 use policy::Active;
 

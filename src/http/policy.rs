@@ -42,6 +42,7 @@ pub struct Policy<B> {
     pub(super) cost: Option<Arc<InfoFn<u64>>>,
     pub(super) missing: MissingKey,
     pub(super) shadow: bool,
+    pub(super) when: Option<Arc<InfoFn<bool>>>,
 }
 
 impl<B: Backend> Policy<B> {
@@ -63,7 +64,26 @@ impl<B: Backend> Policy<B> {
             cost: None,
             missing: MissingKey::default(),
             shadow: false,
+            when: None,
         }
+    }
+
+    /// The requests this policy applies to (others pass it by: not counted, no header
+    /// member). Default: every request.
+    ///
+    /// ```
+    /// # use tollgate::{KeyedLimiter, Limit, http::{Key, KeyExtractor, Policy}};
+    /// # let limiter: KeyedLimiter<Key> = KeyedLimiter::new(Limit::per_minute(5)?);
+    /// // Five login attempts a minute per IP, on top of the layer's other policies.
+    /// let policy = Policy::new("login", limiter)
+    ///     .key(KeyExtractor::peer_ip())
+    ///     .when(|req| req.method == http::Method::POST && req.uri.path() == "/login");
+    /// # let _ = policy;
+    /// # Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn when(mut self, f: impl Fn(&RequestInfo<'_>) -> bool + Send + Sync + 'static) -> Self {
+        self.when = Some(Arc::new(f));
+        self
     }
 
     /// How to find a request's key for this policy. Default: [`KeyExtractor::global`].
@@ -142,6 +162,7 @@ impl<B: Backend> Policy<B> {
             key: self.key,
             cost: self.cost,
             missing: self.missing,
+            when: self.when,
             shadow: AtomicBool::new(self.shadow),
             would_deny: CachePadded::new(AtomicU64::new(0)),
         })
@@ -157,6 +178,7 @@ impl<B: std::fmt::Debug> std::fmt::Debug for Policy<B> {
             .field("cost", &self.cost.as_ref().map(|_| "fn"))
             .field("missing", &self.missing)
             .field("shadow", &self.shadow)
+            .field("when", &self.when.as_ref().map(|_| "fn"))
             .finish()
     }
 }
@@ -171,6 +193,7 @@ pub(super) struct Active<B> {
     pub(super) key: KeyExtractor,
     pub(super) cost: Option<Arc<InfoFn<u64>>>,
     pub(super) missing: MissingKey,
+    pub(super) when: Option<Arc<InfoFn<bool>>>,
     pub(super) headers: Headers,
     /// This policy's own shadow mode (the layer's applies to every policy).
     pub(super) shadow: AtomicBool,
@@ -184,6 +207,11 @@ impl<B> Active<B> {
     pub(super) fn in_shadow(&self) -> bool {
         // Relaxed: a setting; no other memory is published with it.
         self.shadow.load(Ordering::Relaxed)
+    }
+
+    /// Whether this policy applies to the request.
+    pub(super) fn applies(&self, info: &RequestInfo<'_>) -> bool {
+        self.when.as_ref().is_none_or(|f| f(info))
     }
 
     /// The request's cost under this policy.
