@@ -54,13 +54,12 @@ pub struct Decision {
     rate: Rate,
     /// Made without the store, by a failure policy.
     degraded: bool,
-    /// The keyed limiter's limit slot the decision was made under ([`NO_SLOT`]: not recorded,
-    /// or not a keyed bucket's), for an undo through the HTTP layer's backend.
-    slot: u16,
+    /// The id of the keyed limiter's limit slot the decision was made under (`u32::MAX`: not
+    /// recorded, or not a keyed bucket's), for an undo through the HTTP layer's backend; and
+    /// its tier (`u16::MAX`: none), a metrics label.
+    slot: u32,
+    tier: u16,
 }
-
-/// [`Decision`]'s slot when none is recorded.
-pub(crate) const NO_SLOT: u16 = u16::MAX;
 
 impl Decision {
     #[inline(always)]
@@ -74,7 +73,8 @@ impl Decision {
             epoch,
             rate: *steps.rate(),
             degraded: false,
-            slot: NO_SLOT,
+            slot: u32::MAX,
+            tier: u16::MAX,
         }
     }
 
@@ -95,26 +95,25 @@ impl Decision {
         }
     }
 
-    /// This decision, recording the keyed limiter's slot it was made under (`usize::MAX`, or
-    /// any value past the slots: none).
+    /// This decision, recording the keyed limiter's slot it was made under: its id and tier.
     #[cfg(feature = "http")]
     #[inline]
-    pub(crate) fn with_slot(self, slot: usize) -> Decision {
-        Decision {
-            slot: u16::try_from(slot).unwrap_or(NO_SLOT),
-            ..self
-        }
+    pub(crate) fn with_slot(self, (slot, tier): (u32, u16)) -> Decision {
+        Decision { slot, tier, ..self }
     }
 
-    /// The slot recorded by [`with_slot`](Decision::with_slot) (`usize::MAX`: none).
+    /// The slot id recorded by [`with_slot`](Decision::with_slot) (`u32::MAX`: none).
     #[cfg(feature = "http")]
     #[inline]
-    pub(crate) fn slot(&self) -> usize {
-        if self.slot == NO_SLOT {
-            usize::MAX
-        } else {
-            usize::from(self.slot)
-        }
+    pub(crate) fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    /// The tier recorded by [`with_slot`](Decision::with_slot) (`u16::MAX`: none).
+    #[cfg(feature = "http")]
+    #[inline]
+    pub(crate) fn tier(&self) -> u16 {
+        self.tier
     }
 
     /// The refill mark the call left (a full step index): where an undo of its take counts

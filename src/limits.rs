@@ -1,12 +1,12 @@
-//! The append-only list of the limits a bucket or a keyed limiter has been under: the ones it was
-//! built with, then one per live limit change. An entry, once published, lives as long as its
+//! The append-only list of the limits a [`TokenBucket`](crate::TokenBucket) has been under: the
+//! one it was built with, then one per live limit change. (A keyed limiter frees the limits no
+//! key uses any more; see `keyed/slots.rs`.) An entry, once published, lives as long as its
 //! owner, because a call (or a stored key) may still name it; so a change never frees anything,
 //! and the list holds at most [`MAX_LIMITS`] entries.
 
 use crate::sync::OnceLock;
 
-/// How many limits one bucket or one keyed limiter can ever hold: the ones it was built with
-/// plus every change. A keyed entry keeps the index of its limit in 8 bits of its stored hash.
+/// How many limits one bucket can ever hold: the one it was built with plus every change.
 pub(crate) const MAX_LIMITS: usize = 256;
 
 /// The list: `first` inline (an array of one for a bucket, the tiers for a keyed limiter), the

@@ -229,9 +229,13 @@ impl<K: Hash + Eq, S: BuildHasher> MultiKeyedLimiter<K, S> {
             // the contract's exact peek (it records a new key's bucket, whose mark later stale readings
             // must see), counted in the stats only as a denial.
             |i, n| self.limiters[i].peek_for(key, n),
-            |i, n| self.limiters[i].take_key_tracked(key, n),
+            |i, n| {
+                self.limiters[i]
+                    .take_key_tracked(key, n)
+                    .map(|(d, (slot, _))| (d, slot as usize))
+            },
             |i, n, taken, slot| {
-                let _ = self.limiters[i].undo_key(key, n, taken, slot);
+                let _ = self.limiters[i].undo_key(key, n, taken, slot as u32);
             },
         )
     }

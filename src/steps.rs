@@ -284,20 +284,6 @@ impl Steps {
             u64::MAX
         }
     }
-
-    /// Whether a bucket with this word may be evicted at step `k`: it was already full, with
-    /// its mark recorded, `idle_steps` steps ago (at `k0 = k - idle_steps`). Then at every step
-    /// from `k0` on it is full with the mark of the call, exactly like a fresh bucket, so
-    /// replacing it by one is invisible to any call whose clock reads at least `k0`.
-    #[inline]
-    pub(crate) fn is_evictable(&self, word: u64, k: u64, idle_steps: u64) -> bool {
-        if is_dead(word) || k < idle_steps {
-            return false;
-        }
-        let k0 = k - idle_steps;
-        let (tokens, mark, _) = self.refill(word, k0);
-        tokens == self.cap && mark == k0
-    }
 }
 
 #[cfg(test)]
@@ -384,20 +370,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn evictable_only_when_full_and_idle() {
-        let s = Steps::new(3, 1, 1, 10);
-        // Full at mark 10: evictable once 4 steps have passed.
-        assert!(!s.is_evictable(s.full(10), 13, 4));
-        assert!(s.is_evictable(s.full(10), 14, 4));
-        // One token short at mark 10: full from step 11, so evictable from step 15.
-        assert!(!s.is_evictable(s.pack(10, 2), 14, 4));
-        assert!(s.is_evictable(s.pack(10, 2), 15, 4));
-        // A stale evictor (mark ahead) and a tombstone are never evicted.
-        assert!(!s.is_evictable(s.full(20), 15, 4));
-        assert!(!s.is_evictable(TOMBSTONE, 100, 4));
     }
 
     #[test]

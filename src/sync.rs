@@ -14,6 +14,61 @@ pub(crate) use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(loom))]
 pub(crate) use std::sync::{Mutex, OnceLock};
 
+/// An `Arc` that can be swapped while others read it: `arc-swap`'s lock-free `ArcSwap` in
+/// builds; under loom a mutex over the `Arc` (stronger: every load and store is ordered with
+/// every other). The protocols need only that a load returns the last value stored before it
+/// in the cell's order, with what was written before that store (Release/Acquire), which
+/// `ArcSwap` gives.
+#[cfg(not(loom))]
+pub(crate) struct ArcCell<T>(arc_swap::ArcSwap<T>);
+
+#[cfg(not(loom))]
+impl<T> ArcCell<T> {
+    pub(crate) fn new(value: std::sync::Arc<T>) -> Self {
+        ArcCell(arc_swap::ArcSwap::new(value))
+    }
+
+    /// The value now (a reference count taken).
+    #[inline]
+    pub(crate) fn load(&self) -> std::sync::Arc<T> {
+        self.0.load_full()
+    }
+
+    /// Runs `f` on the value now, without taking a reference count.
+    #[inline]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        f(&self.0.load())
+    }
+
+    pub(crate) fn store(&self, value: std::sync::Arc<T>) {
+        self.0.store(value);
+    }
+}
+
+/// See the builds' `ArcCell`.
+#[cfg(loom)]
+pub(crate) struct ArcCell<T>(loom::sync::Mutex<std::sync::Arc<T>>);
+
+#[cfg(loom)]
+impl<T> ArcCell<T> {
+    pub(crate) fn new(value: std::sync::Arc<T>) -> Self {
+        ArcCell(loom::sync::Mutex::new(value))
+    }
+
+    pub(crate) fn load(&self) -> std::sync::Arc<T> {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        let value = self.load();
+        f(&value)
+    }
+
+    pub(crate) fn store(&self, value: std::sync::Arc<T>) {
+        *self.0.lock().unwrap() = value;
+    }
+}
+
 /// Lets another thread run while this one waits for it (loom needs to see the wait).
 #[inline]
 pub(crate) fn yield_now() {
@@ -57,6 +112,12 @@ impl<T> OnceLock<T> {
         // Release: publishes the value.
         self.set.store(true, Ordering::Release);
         Ok(())
+    }
+
+    pub(crate) fn take(&mut self) -> Option<T> {
+        // Relaxed: `&mut self`, no other thread can look.
+        self.set.store(false, Ordering::Relaxed);
+        self.value.take()
     }
 
     pub(crate) fn get_or_init(&self, f: impl FnOnce() -> T) -> &T {

@@ -334,8 +334,8 @@ impl Backend for NoUndo {
     fn acquire(&self, _key: &Key, _cost: u64) -> Self::Future {
         unreachable!("never built")
     }
-    fn limit(&self) -> &Limit {
-        &self.0
+    fn limit(&self) -> Limit {
+        self.0
     }
 }
 

@@ -110,7 +110,7 @@ fn set_limit_racing_acquire() {
         let b1 = b.clone();
         let changer = thread::spawn(move || {
             let three = Limit::new(3, 1, Duration::from_secs(1)).unwrap();
-            let _ = b1.set_limit(three, tollgate::Inherit::Keep).unwrap();
+            let _ = b1.set_limit(three, tollgate::Inherit::Keep);
         });
         let b2 = b.clone();
         let taker = thread::spawn(move || b2.check());
@@ -206,10 +206,8 @@ mod keyed {
         loom::model(|| {
             let limiter = half_used();
             let l = limiter.clone();
-            let changer = thread::spawn(move || {
-                l.set_limit(four(), tollgate::Inherit::Proportional)
-                    .unwrap()
-            });
+            let changer =
+                thread::spawn(move || l.set_limit(four(), tollgate::Inherit::Proportional));
             let l = limiter.clone();
             let taker = thread::spawn(move || l.check_key(&1));
             changer.join().unwrap();
@@ -233,9 +231,7 @@ mod keyed {
     fn keyed_racing_migrations() {
         loom::model(|| {
             let limiter = half_used();
-            limiter
-                .set_limit(four(), tollgate::Inherit::Proportional)
-                .unwrap(); // key 1: 2 of 4, still under the old limit's entry
+            limiter.set_limit(four(), tollgate::Inherit::Proportional); // key 1: 2 of 4, still under the old limit's entry
             let handles: Vec<_> = (0..2)
                 .map(|_| {
                     let l = limiter.clone();
@@ -259,9 +255,7 @@ mod keyed {
         loom::model(|| {
             let limiter = idle_limiter();
             let two = Limit::new(2, 1, Duration::from_secs(1)).unwrap();
-            limiter
-                .set_limit(two, tollgate::Inherit::Proportional)
-                .unwrap();
+            limiter.set_limit(two, tollgate::Inherit::Proportional);
             let l = limiter.clone();
             let acquirer = thread::spawn(move || l.check_key(&1));
             let l = limiter.clone();
@@ -335,7 +329,7 @@ mod keyed {
                     let l = limiter.clone();
                     thread::spawn(move || {
                         let limit = Limit::new(c, 1, Duration::from_secs(3600)).unwrap();
-                        l.set_limit(limit, tollgate::Inherit::Proportional).unwrap();
+                        l.set_limit(limit, tollgate::Inherit::Proportional);
                     })
                 })
                 .collect();
@@ -360,10 +354,8 @@ mod keyed {
         loom::model(|| {
             let limiter = half_used();
             let l = limiter.clone();
-            let changer = thread::spawn(move || {
-                l.set_limit(four(), tollgate::Inherit::Proportional)
-                    .unwrap()
-            });
+            let changer =
+                thread::spawn(move || l.set_limit(four(), tollgate::Inherit::Proportional));
             let l = limiter.clone();
             let toucher = thread::spawn(move || l.check_key(&5));
             changer.join().unwrap();

@@ -272,6 +272,6 @@ impl PyKeyedLimiter {
 
     #[getter]
     fn limit(&self) -> PyLimit {
-        PyLimit(*self.0.limit())
+        PyLimit(self.0.limit())
     }
 }

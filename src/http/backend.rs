@@ -41,7 +41,7 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The limit most keys get: the layer renders its `RateLimit-Policy` once, at build; a
     /// decision made under another limit (a key's tier, a limit changed since) gets its own.
-    fn limit(&self) -> &Limit;
+    fn limit(&self) -> Limit;
 
     /// How often the layer should call [`maintain`](Backend::maintain), off the request path,
     /// on a thread it owns (which ends when the last clone of the layer and its services
@@ -97,10 +97,10 @@ where
         // The slot goes with the decision, for an undo.
         ready(Ok(self
             .take_key_tracked(key, cost)
-            .map(|(d, slot)| d.with_slot(slot))))
+            .map(|(d, tag)| d.with_slot(tag))))
     }
 
-    fn limit(&self) -> &Limit {
+    fn limit(&self) -> Limit {
         KeyedLimiter::limit(self)
     }
 
@@ -117,7 +117,7 @@ where
     }
 
     fn tier(&self, decision: &Decision) -> Option<usize> {
-        self.tier_of_slot(decision.slot())
+        KeyedLimiter::<Key, S>::tier_of_tag(decision.tier())
     }
 
     fn maintenance_period(&self) -> Option<std::time::Duration> {
@@ -138,7 +138,7 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
         (**self).acquire(key, cost)
     }
 
-    fn limit(&self) -> &Limit {
+    fn limit(&self) -> Limit {
         (**self).limit()
     }
 

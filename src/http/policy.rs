@@ -154,7 +154,7 @@ impl<B: Backend> Policy<B> {
     /// The policy as the layer runs it.
     pub(super) fn activate(self, style: HeaderStyle) -> Result<Active<B>, PolicyNameError> {
         Ok(Active {
-            headers: Headers::new(style, &self.name, self.backend.limit())?,
+            headers: Headers::new(style, &self.name, &self.backend.limit())?,
             #[cfg(feature = "metrics")]
             label: metrics::SharedString::from(Arc::<str>::from(self.name.as_str())),
             name: self.name,

@@ -113,13 +113,6 @@ pub enum ConfigError {
     /// A reload changes more than limits and shadow modes (a rule added, removed, or with
     /// other methods, path, key or cost): that takes a new layer (a restart).
     NeedsRestart(Vec<String>),
-    /// A limiter refused a limit change.
-    Change {
-        /// The rule.
-        rule: String,
-        /// Why.
-        error: crate::TooManyReconfigurations,
-    },
 }
 
 impl std::fmt::Display for ConfigError {
@@ -137,7 +130,6 @@ impl std::fmt::Display for ConfigError {
                 "rules {rules:?} were added, removed, or changed in more than their limit or \
                  shadow mode: a live reload changes only those; build a new layer"
             ),
-            ConfigError::Change { rule, error } => write!(f, "rule {rule:?}: {error}"),
         }
     }
 }
@@ -146,7 +138,6 @@ impl std::error::Error for ConfigError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ConfigError::Io(e) => Some(e),
-            ConfigError::Change { error, .. } => Some(error),
             _ => None,
         }
     }
@@ -207,7 +198,7 @@ impl RuleSet {
 
     /// The limit rule `name` has now.
     pub fn limit(&self, name: &str) -> Option<Limit> {
-        self.limiters.get(name).map(|l| *l.limit())
+        self.limiters.get(name).map(|l| l.limit())
     }
 
     /// The limiter of rule `name` (to read a key's bucket).
@@ -281,8 +272,7 @@ impl RuleSet {
     /// ```
     ///
     /// # Errors
-    /// [`ConfigError::Parse`], [`ConfigError::Rule`], [`ConfigError::NeedsRestart`], or
-    /// [`ConfigError::Change`] when a limiter refuses the change.
+    /// [`ConfigError::Parse`], [`ConfigError::Rule`] or [`ConfigError::NeedsRestart`].
     pub fn reload_toml(
         &self,
         layer: &RateLimitLayer<Arc<KeyedLimiter<Key>>>,
@@ -347,13 +337,8 @@ impl RuleSet {
         let mut done = Reloaded::default();
         for n in &new {
             let limiter = &self.limiters[&n.name];
-            if *limiter.limit() != n.limit {
-                limiter
-                    .set_limit(n.limit, Inherit::Keep)
-                    .map_err(|error| ConfigError::Change {
-                        rule: n.name.clone(),
-                        error,
-                    })?;
+            if limiter.limit() != n.limit {
+                limiter.set_limit(n.limit, Inherit::Keep);
                 done.limits.push(n.name.clone());
             }
             if layer.is_policy_shadow(&n.name) != Some(n.shadow) {

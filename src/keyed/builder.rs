@@ -13,8 +13,8 @@ use super::{AtCapacity, KeyHasher, KeyedLimiter, Shard, TierFn};
 use crate::bucket::TokenBucket;
 use crate::clock::{AnyClock, Clock, DefaultClock};
 use crate::limit::Limit;
-use crate::limits::Limits;
-use crate::sync::{AtomicU64, AtomicUsize, Mutex};
+use crate::sync::{ArcCell, AtomicU64, AtomicUsize, Mutex};
+use std::sync::Arc;
 
 /// The most keys [`KeyedLimiterBuilder::expected_keys`] presizes the maps for (2^24); they grow on
 /// demand beyond it.
@@ -119,7 +119,7 @@ impl<K, S> KeyedLimiterBuilder<K, S> {
     /// Per-key limits (tiers: free / pro / internal). Tier 0 is the builder's limit, tier `i`
     /// (1 ..= 255) is `more[i - 1]`; `tier_of` picks a key's tier when the key is first seen,
     /// and must give the same answer for the same key. An index out of range means tier 0. The
-    /// tier is kept with the key, so a call still does one map lookup. Limits past 255 are
+    /// tier is kept with the key's entry, so a call still does one map lookup. Limits past 255 are
     /// ignored. The key cap's shared overflow bucket, and [`KeyedLimiter::limit`], use tier 0.
     ///
     /// ```
@@ -180,11 +180,12 @@ impl<K, S> KeyedLimiterBuilder<K, S> {
             .idle_ttl
             .unwrap_or_else(|| self.limit.time_to_fill().max(Duration::from_secs(1)));
         let ttl_ns = u64::try_from(idle_ttl.as_nanos()).unwrap_or(u64::MAX);
-        let first: Box<[Slot]> = std::iter::once(self.limit)
+        let first: Vec<Slot> = std::iter::once(self.limit)
             .chain(self.tiers)
             .enumerate()
-            .map(|(tier, limit)| Slot::new(limit, tier, ttl_ns, None))
+            .map(|(tier, limit)| Slot::new(limit, tier, tier as u32, ttl_ns, None))
             .collect();
+        let (pace, pace_idle_steps) = (*first[0].steps(), first[0].idle_steps);
         let shards = self
             .shards
             .unwrap_or_else(|| {
@@ -212,10 +213,18 @@ impl<K, S> KeyedLimiterBuilder<K, S> {
                 .collect(),
             shard_mask: shards as u64 - 1,
             hasher: self.hasher,
-            overflow: TokenBucket::with_epoch(self.limit, clock.clone(), epoch),
-            current: (0..first.len()).map(AtomicUsize::new).collect(),
-            changes: Mutex::new((first.len(), 0)),
-            slots: Limits::new(first),
+            overflow: ArcCell::new(Arc::new(TokenBucket::with_epoch(
+                self.limit,
+                clock.clone(),
+                epoch,
+            ))),
+            changes: Mutex::new((first.len() as u32, 0)),
+            current: first
+                .into_iter()
+                .map(|slot| ArcCell::new(Arc::new(slot)))
+                .collect(),
+            pace,
+            pace_idle_steps,
             tier_of: self.tier_of,
             clock,
             epoch,

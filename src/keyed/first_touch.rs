@@ -5,7 +5,10 @@
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 
-use super::map::{Hashed, Pinned, Probe};
+use std::sync::Arc;
+
+use super::map::{Entry, Hashed, Pinned, Probe};
+use super::slots::Slot;
 use super::sweep::MIN_SWEEP_EVERY;
 use super::{KeyedLimiter, Shard};
 use crate::cell::Cell;
@@ -34,12 +37,13 @@ pub enum AtCapacity {
 
 /// What a first touch found.
 pub(super) enum Touch {
-    /// This call inserted the key's bucket under this slot, already charged with its request.
-    Inserted(Decision, usize),
+    /// This call inserted the key's bucket, already charged with its request, under the slot
+    /// with this (id, tier).
+    Inserted(Decision, (u32, u16)),
     /// The key was there (another thread inserted it): look it up again.
     Existing,
     /// No room: the key cap is reached (the key's slot, for the answer).
-    Full(usize),
+    Full(Arc<Slot>),
     /// More tokens than the key's tier holds.
     TooMany(InsufficientCapacity),
 }
@@ -72,14 +76,13 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         // never-evicting limiter would decide a call that read the clock now.
         let now = now.max(self.clock.now());
         // The owned key is needed early only to pick a tier; otherwise only to insert.
-        let (slot, key) = match self.tier_of {
+        let (under, key) = match self.tier_of {
             None => (self.current_slot(0), None),
             Some(_) => {
                 let key = probe.key.to_owned();
                 (self.current_slot(self.tier_of(&key)), Some(key))
             }
         };
-        let under = self.slot(slot);
         if n > under.steps().cap {
             return Touch::TooMany(InsufficientCapacity {
                 requested: n,
@@ -104,23 +107,28 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         let capped = self.max_keys != usize::MAX;
         if capped && !self.reserve(shard, pinned, now) {
             // The key may have been inserted meanwhile by another thread.
-            return pinned
-                .get(probe)
-                .map_or(Touch::Full(slot), |_| Touch::Existing);
+            return match pinned.get(probe) {
+                Some(_) => Touch::Existing,
+                None => Touch::Full(under),
+            };
         }
         let k = under.steps().step_index(now.saturating_sub(self.epoch));
         let fresh = under.fresh_word(k);
         let out = state::step(under.steps(), fresh, k, n);
-        // A slot index is below `MAX_LIMITS` (256): it fits the 8 slot bits.
         let key = key.unwrap_or_else(|| probe.key.to_owned());
-        let stored = Hashed::new(probe.hash, key, slot as u8);
-        match pinned.try_insert_with(stored, || Cell::new(out.write.unwrap_or(fresh))) {
+        let stored = Hashed::new(probe.hash, key);
+        let decision = Decision::new(under.steps(), &out, n, now, self.epoch);
+        let tag = under.tag();
+        match pinned.try_insert_with(stored, || Entry {
+            cell: Cell::new(out.write.unwrap_or(fresh)),
+            slot: under,
+        }) {
             Ok(_) => {
                 if (len + 1).is_multiple_of(FLUSH_EVERY) {
                     // Growing: let old tables from finished resizes be freed promptly.
                     pinned.flush();
                 }
-                Touch::Inserted(Decision::new(under.steps(), &out, n, now, self.epoch), slot)
+                Touch::Inserted(decision, tag)
             }
             Err(_) => {
                 if capped {
@@ -142,7 +150,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         let every = (pinned.len() / 8).max(MIN_SWEEP_EVERY);
         let since = shard.swept_at.load(Ordering::Relaxed);
         let k = self.step_now(now);
-        if misses < every && k < since.saturating_add(self.slot(0).idle_steps / 4 + 1) {
+        if misses < every && k < since.saturating_add(self.pace_idle_steps / 4 + 1) {
             return false;
         }
         self.sweep(shard, pinned, now);
@@ -159,17 +167,17 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         false
     }
 
-    /// The answer for a new key under slot `slot` at the key cap.
+    /// The answer for a new key under `slot` at the key cap.
     #[cold]
-    pub(super) fn at_capacity(&self, slot: usize, n: u64, now: u64) -> Decision {
+    pub(super) fn at_capacity(&self, slot: &Slot, n: u64, now: u64) -> Decision {
         if self.at_capacity == AtCapacity::Overflow {
-            if let Ok(d) = self.overflow.take_at(n, now) {
+            if let Ok(d) = self.overflow.with(|b| b.take_at(n, now)) {
                 return d;
             }
         }
         // Deny (or more than the overflow bucket holds): as from an empty bucket of the key's
         // own limit.
-        let steps = self.slot(slot).steps();
+        let steps = slot.steps();
         let k = steps.step_index(now.saturating_sub(self.epoch));
         let out = state::step(steps, steps.empty(k), k, n.min(steps.cap));
         Decision::new(steps, &out, n, now, self.epoch)

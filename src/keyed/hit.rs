@@ -7,8 +7,8 @@ use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 
 use super::first_touch::Touch;
-use super::map::{Pinned, Probe};
-use super::slots::Slot;
+use super::map::{Entry, Pinned, Probe};
+use super::slots::NO_SLOT;
 use super::KeyedLimiter;
 use crate::cell::Cell;
 use crate::clock::Clock;
@@ -65,14 +65,14 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         d
     }
 
-    /// `try_acquire_key` that also says under which limit slot the key's bucket decided
-    /// (`usize::MAX`: the key cap's answer, not the key's bucket), for a later
-    /// [`undo_key`](KeyedLimiter::undo_key).
+    /// `try_acquire_key` that also says under which limit slot the key's bucket decided: its
+    /// (id, tier) ([`NO_SLOT`](super::slots::NO_SLOT): the key cap's answer, not the key's
+    /// bucket), for a later [`undo_key`](KeyedLimiter::undo_key).
     pub(crate) fn take_key_tracked<Q>(
         &self,
         key: &Q,
         n: u64,
-    ) -> Result<(Decision, usize), InsufficientCapacity>
+    ) -> Result<(Decision, (u32, u16)), InsufficientCapacity>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
@@ -101,10 +101,10 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         Ok(d)
     }
 
-    /// One call on `key`: the decision, and the slot of the bucket that made it (`usize::MAX`
-    /// when the key cap answered).
+    /// One call on `key`: the decision, and the (id, tier) of the slot of the bucket that made
+    /// it (id [`NO_SLOT`](super::slots::NO_SLOT) when the key cap answered).
     #[inline(always)]
-    fn decide<Q>(&self, key: &Q, n: u64) -> Result<(Decision, usize), InsufficientCapacity>
+    fn decide<Q>(&self, key: &Q, n: u64) -> Result<(Decision, (u32, u16)), InsufficientCapacity>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
@@ -114,20 +114,22 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         let probe = Probe { hash, key };
         let pinned = shard.map.pin();
         loop {
-            let (slot, cell) = match pinned.get(&probe) {
+            let entry = match pinned.get(&probe) {
                 Some(found) => found,
                 None => match self.first_touch(shard, &pinned, &probe, n, now) {
-                    Touch::Inserted(d, slot) => return Ok((d, slot)),
+                    Touch::Inserted(d, tag) => return Ok((d, tag)),
                     Touch::Existing => continue,
-                    Touch::Full(slot) => return Ok((self.at_capacity(slot, n, now), usize::MAX)),
+                    Touch::Full(slot) => {
+                        return Ok((self.at_capacity(&slot, n, now), (NO_SLOT, u16::MAX)))
+                    }
                     Touch::TooMany(e) => return Err(e),
                 },
             };
             // `entry` by hand: through the helper this path measured 8 instructions more per
             // call (callgrind, 1,000,000 hits).
-            let under = self.slot(slot);
+            let under = &*entry.slot;
             if under.is_replaced() {
-                self.migrate(&pinned, &probe, slot, cell);
+                self.migrate(&pinned, &probe, entry);
                 continue;
             }
             if n > under.steps().cap {
@@ -136,33 +138,31 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
                     capacity: under.steps().cap,
                 });
             }
-            if let Some(d) = cell.acquire(under.steps(), n, now, self.epoch) {
-                return Ok((d, slot));
+            if let Some(d) = entry.cell.acquire(under.steps(), n, now, self.epoch) {
+                return Ok((d, under.tag()));
             }
-            self.dead(&pinned, &probe, cell);
+            self.dead(&pinned, &probe, &entry.cell);
         }
     }
 
-    /// The key's entry under the limit in force: its slot, the slot's limit and its cell (an
-    /// entry under a replaced slot is moved over first). `None` when the key has no entry.
-    /// (`decide` does the same inline.)
+    /// The key's entry under the limit in force (an entry under a replaced slot is moved over
+    /// first). `None` when the key has no entry. (`decide` does the same inline.)
     #[inline]
     pub(super) fn entry<'p, Q>(
-        &'p self,
+        &self,
         pinned: &'p Pinned<'_, K>,
         probe: &Probe<'_, Q>,
-    ) -> Option<(usize, &'p Slot, &'p Cell)>
+    ) -> Option<&'p Entry>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
         loop {
-            let (slot, cell) = pinned.get(probe)?;
-            let under = self.slot(slot);
-            if !under.is_replaced() {
-                return Some((slot, under, cell));
+            let entry = pinned.get(probe)?;
+            if !entry.slot.is_replaced() {
+                return Some(entry);
             }
-            self.migrate(pinned, probe, slot, cell);
+            self.migrate(pinned, probe, entry);
         }
     }
 

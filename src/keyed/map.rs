@@ -10,24 +10,14 @@
 
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 pub(crate) use papaya::Equivalent;
 
+use super::slots::Slot;
 use crate::cell::Cell;
 
-/// Bits 48..56 of a stored hash hold the key's slot (the index of the limit it is under). Lookups mask them out;
-/// nothing reads them as hash: papaya places entries by the low bits and tags them with the
-/// top 7, and shards are picked from bits 32..48.
-pub(crate) const SLOT_SHIFT: u32 = 48;
-pub(crate) const SLOT_MASK: u64 = 0xFF << SLOT_SHIFT;
-
-/// A hash with the slot bits cleared: what lookups and placement use.
-#[inline(always)]
-pub(crate) fn plain(hash: u64) -> u64 {
-    hash & !SLOT_MASK
-}
-
-/// A stored key, its hash and its slot (in the hash's slot bits).
+/// A stored key and its hash.
 #[derive(Debug)]
 pub(crate) struct Hashed<K> {
     pub(crate) hash: u64,
@@ -35,24 +25,22 @@ pub(crate) struct Hashed<K> {
 }
 
 impl<K> Hashed<K> {
-    /// A stored key with hash `hash` (slot bits ignored) under slot `slot`.
-    pub(crate) fn new(hash: u64, key: K, slot: u8) -> Hashed<K> {
-        Hashed {
-            hash: plain(hash) | (u64::from(slot) << SLOT_SHIFT),
-            key,
-        }
+    /// A stored key with hash `hash`.
+    pub(crate) fn new(hash: u64, key: K) -> Hashed<K> {
+        Hashed { hash, key }
     }
+}
 
-    /// The key's slot.
-    #[inline(always)]
-    pub(crate) fn slot(&self) -> usize {
-        ((self.hash & SLOT_MASK) >> SLOT_SHIFT) as usize
-    }
+/// A key's entry: its bucket's cell, and the slot (limit) the bucket is under, held for as
+/// long as the entry is.
+pub(crate) struct Entry {
+    pub(crate) cell: Cell,
+    pub(crate) slot: Arc<Slot>,
 }
 
 impl<K: Eq> PartialEq for Hashed<K> {
     fn eq(&self, other: &Self) -> bool {
-        plain(self.hash) == plain(other.hash) && self.key == other.key
+        self.hash == other.hash && self.key == other.key
     }
 }
 
@@ -60,11 +48,11 @@ impl<K: Eq> Eq for Hashed<K> {}
 
 impl<K> Hash for Hashed<K> {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(plain(self.hash));
+        state.write_u64(self.hash);
     }
 }
 
-/// A borrowed key and its hash (slot bits clear), for lookups without an owned key.
+/// A borrowed key and its hash, for lookups without an owned key.
 pub(crate) struct Probe<'a, Q: ?Sized> {
     pub(crate) hash: u64,
     pub(crate) key: &'a Q,
@@ -82,7 +70,7 @@ where
     K: Borrow<Q>,
 {
     fn equivalent(&self, stored: &Hashed<K>) -> bool {
-        self.hash == plain(stored.hash) && self.key == stored.key.borrow()
+        self.hash == stored.hash && self.key == stored.key.borrow()
     }
 }
 
@@ -128,12 +116,12 @@ mod papaya_map {
 
     /// One shard: a papaya map from keys to bucket cells.
     pub(crate) struct ShardMap<K> {
-        map: papaya::HashMap<Hashed<K>, Cell, PassThrough>,
+        map: papaya::HashMap<Hashed<K>, Entry, PassThrough>,
     }
 
     /// A shard pinned for one call: references it returns stay valid until it drops.
     pub(crate) struct Pinned<'m, K> {
-        map: &'m papaya::HashMap<Hashed<K>, Cell, PassThrough>,
+        map: &'m papaya::HashMap<Hashed<K>, Entry, PassThrough>,
         guard: papaya::LocalGuard<'m>,
     }
 
@@ -157,32 +145,30 @@ mod papaya_map {
     }
 
     impl<K: Hash + Eq> Pinned<'_, K> {
-        /// The key's slot and cell.
+        /// The key's entry.
         #[inline]
-        pub(crate) fn get<Q>(&self, probe: &Probe<'_, Q>) -> Option<(usize, &Cell)>
+        pub(crate) fn get<Q>(&self, probe: &Probe<'_, Q>) -> Option<&Entry>
         where
             Q: Eq + ?Sized,
             K: Borrow<Q>,
         {
-            self.map
-                .get_key_value(probe, &self.guard)
-                .map(|(k, cell)| (k.slot(), cell))
+            self.map.get(probe, &self.guard)
         }
 
-        /// `Ok(new cell)` when this call inserted, `Err(existing)` when the key was there.
+        /// `Ok(new entry)` when this call inserted, `Err(existing)` when the key was there.
         #[inline]
         pub(crate) fn try_insert_with(
             &self,
             key: Hashed<K>,
-            make: impl FnOnce() -> Cell,
-        ) -> Result<&Cell, &Cell> {
+            make: impl FnOnce() -> Entry,
+        ) -> Result<&Entry, &Entry> {
             self.map.try_insert_with(key, make, &self.guard)
         }
 
         /// Puts `key`'s entry in place of the one there (whose cell the caller sealed, so no
         /// other call replaces or removes it meanwhile).
-        pub(crate) fn replace(&self, key: Hashed<K>, cell: Cell) {
-            self.map.insert(key, cell, &self.guard);
+        pub(crate) fn replace(&self, key: Hashed<K>, entry: Entry) {
+            self.map.insert(key, entry, &self.guard);
         }
 
         /// Removes the key's entry if its cell is a tombstone. True when this call removed it.
@@ -193,7 +179,7 @@ mod papaya_map {
         {
             matches!(
                 self.map
-                    .remove_if(probe, |_, cell| cell.load() == TOMBSTONE, &self.guard),
+                    .remove_if(probe, |_, e| e.cell.load() == TOMBSTONE, &self.guard),
                 Ok(Some(_))
             )
         }
@@ -211,15 +197,16 @@ mod papaya_map {
         }
 
         /// Visits every entry; where `kill` tombstones the cell (returns true), removes the
-        /// entry. `kill` gets the entry's slot. Returns how many entries this call removed.
-        pub(crate) fn sweep(&self, mut kill: impl FnMut(usize, &Cell) -> bool) -> usize {
+        /// entry. `kill` gets the entry's key too (to move it to a new limit). Returns how
+        /// many entries this call removed.
+        pub(crate) fn sweep(&self, mut kill: impl FnMut(&Probe<'_, K>, &Entry) -> bool) -> usize {
             let mut removed = 0;
-            for (key, cell) in self.map.iter(&self.guard) {
-                if kill(key.slot(), cell) {
-                    let probe = Probe {
-                        hash: plain(key.hash),
-                        key: &key.key,
-                    };
+            for (key, entry) in self.map.iter(&self.guard) {
+                let probe = Probe {
+                    hash: key.hash,
+                    key: &key.key,
+                };
+                if kill(&probe, entry) {
                     removed += usize::from(self.remove_tombstoned(&probe));
                 }
             }
@@ -252,8 +239,11 @@ mod loom_map {
     /// sweep pacing) is published through the limiter's own atomics from `crate::sync`, which
     /// loom does see. A model in which the map itself is weaker than this lock would need a
     /// model of papaya's slots; it is not here.
+    /// A key (shared, so a sweep can hold it while others change the map) and its entry.
+    type Stored<K> = (std::sync::Arc<Hashed<K>>, &'static Entry);
+
     pub(crate) struct ShardMap<K> {
-        entries: Mutex<Vec<(Hashed<K>, &'static Cell)>>,
+        entries: Mutex<Vec<Stored<K>>>,
     }
 
     pub(crate) struct Pinned<'m, K> {
@@ -273,7 +263,7 @@ mod loom_map {
     }
 
     impl<K: Hash + Eq> Pinned<'_, K> {
-        pub(crate) fn get<Q>(&self, probe: &Probe<'_, Q>) -> Option<(usize, &Cell)>
+        pub(crate) fn get<Q>(&self, probe: &Probe<'_, Q>) -> Option<&Entry>
         where
             Q: Eq + ?Sized,
             K: Borrow<Q>,
@@ -282,29 +272,29 @@ mod loom_map {
             entries
                 .iter()
                 .find(|(k, _)| probe.equivalent(k))
-                .map(|(k, c)| (k.slot(), *c))
+                .map(|(_, e)| *e)
         }
 
         pub(crate) fn try_insert_with(
             &self,
             key: Hashed<K>,
-            make: impl FnOnce() -> Cell,
-        ) -> Result<&Cell, &Cell> {
+            make: impl FnOnce() -> Entry,
+        ) -> Result<&Entry, &Entry> {
             let mut entries = self.map.entries.lock().unwrap();
-            if let Some((_, c)) = entries.iter().find(|(k, _)| *k == key) {
-                return Err(*c);
+            if let Some((_, e)) = entries.iter().find(|(k, _)| **k == key) {
+                return Err(*e);
             }
-            let cell: &'static Cell = Box::leak(Box::new(make()));
-            entries.push((key, cell));
-            Ok(cell)
+            let entry: &'static Entry = Box::leak(Box::new(make()));
+            entries.push((std::sync::Arc::new(key), entry));
+            Ok(entry)
         }
 
-        pub(crate) fn replace(&self, key: Hashed<K>, cell: Cell) {
+        pub(crate) fn replace(&self, key: Hashed<K>, entry: Entry) {
             let mut entries = self.map.entries.lock().unwrap();
-            let cell: &'static Cell = Box::leak(Box::new(cell));
-            match entries.iter().position(|(k, _)| *k == key) {
-                Some(i) => entries[i] = (key, cell),
-                None => entries.push((key, cell)),
+            let cell: &'static Entry = Box::leak(Box::new(entry));
+            match entries.iter().position(|(k, _)| **k == key) {
+                Some(i) => entries[i].1 = cell,
+                None => entries.push((std::sync::Arc::new(key), cell)),
             }
         }
 
@@ -316,7 +306,7 @@ mod loom_map {
             let mut entries = self.map.entries.lock().unwrap();
             let at = entries
                 .iter()
-                .position(|(k, c)| probe.equivalent(k) && c.load() == TOMBSTONE);
+                .position(|(k, e)| probe.equivalent(k) && e.cell.load() == TOMBSTONE);
             at.map(|i| entries.swap_remove(i)).is_some()
         }
 
@@ -326,20 +316,24 @@ mod loom_map {
             self.map.entries.lock().unwrap().len()
         }
 
-        pub(crate) fn sweep(&self, mut kill: impl FnMut(usize, &Cell) -> bool) -> usize {
+        pub(crate) fn sweep(&self, mut kill: impl FnMut(&Probe<'_, K>, &Entry) -> bool) -> usize {
             // Snapshot, then tombstone and remove one entry at a time, as papaya's iteration
             // lets other calls run in between.
-            let cells: Vec<(usize, &'static Cell)> = {
+            let cells: Vec<Stored<K>> = {
                 let entries = self.map.entries.lock().unwrap();
-                entries.iter().map(|(k, c)| (k.slot(), *c)).collect()
+                entries.iter().map(|(k, e)| (k.clone(), *e)).collect()
             };
             let mut removed = 0;
-            for (slot, cell) in cells {
-                if kill(slot, cell) {
+            for (key, cell) in cells {
+                let probe = Probe {
+                    hash: key.hash,
+                    key: &key.key,
+                };
+                if kill(&probe, cell) {
                     let mut entries = self.map.entries.lock().unwrap();
                     if let Some(i) = entries
                         .iter()
-                        .position(|(_, c)| std::ptr::eq(*c, cell) && c.load() == TOMBSTONE)
+                        .position(|(_, c)| std::ptr::eq(*c, cell) && c.cell.load() == TOMBSTONE)
                     {
                         entries.swap_remove(i);
                         removed += 1;

@@ -4,12 +4,14 @@
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 
-use super::map::{Hashed, Pinned, Probe};
+use std::sync::Arc;
+
+use super::map::{Entry, Hashed, Pinned, Probe};
+use super::slots::Slot;
 use super::KeyedLimiter;
 use crate::cell::Cell;
 use crate::state;
 use crate::steps;
-use crate::sync::Ordering;
 
 /// Puts a sealed cell's word back if the migration that sealed it unwinds (a panic in the key's
 /// `Clone` or `Eq`); forgotten once the replacement entry is in.
@@ -30,16 +32,12 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     /// the slot in force in its place. Calls on the key meanwhile wait for the replacement.
     #[cold]
     #[inline(never)]
-    pub(super) fn migrate<Q>(
-        &self,
-        pinned: &Pinned<'_, K>,
-        probe: &Probe<'_, Q>,
-        slot: usize,
-        cell: &Cell,
-    ) where
+    pub(super) fn migrate<Q>(&self, pinned: &Pinned<'_, K>, probe: &Probe<'_, Q>, entry: &Entry)
+    where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
+        let cell = &entry.cell;
         loop {
             let word = cell.load();
             if steps::is_dead(word) {
@@ -50,28 +48,34 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
                 // panic: until the replacement is in, a panic puts the word back, so the key is
                 // not left sealed for good (every later call on it would wait forever).
                 let unseal = Unseal { cell, word };
-                let (slot, word) = self.follow(slot, word);
-                let key = Hashed::new(probe.hash, probe.key.to_owned(), slot as u8);
-                pinned.replace(key, Cell::new(word));
+                let (slot, word) = follow(&entry.slot, word);
+                let key = Hashed::new(probe.hash, probe.key.to_owned());
+                pinned.replace(
+                    key,
+                    Entry {
+                        cell: Cell::new(word),
+                        slot: slot.clone(),
+                    },
+                );
                 std::mem::forget(unseal);
                 return;
             }
         }
     }
+}
 
-    /// A word under slot `slot`, converted through every change since: (slot in force, word).
-    /// Pure arithmetic: cannot panic.
-    pub(super) fn follow(&self, mut slot: usize, mut word: u64) -> (usize, u64) {
-        loop {
-            let old = self.slot(slot);
-            // Acquire: as in `Slot::is_replaced`.
-            let next = old.replaced_by.load(Ordering::Acquire);
-            let Some(&(t, inherit)) = old.change.get().filter(|_| next != 0) else {
-                return (slot, word);
-            };
-            let new = self.slot(next - 1);
-            word = state::convert_word(old.steps(), word, t, new.steps(), inherit);
-            slot = next - 1;
-        }
+/// A word under `slot`, converted through every change since: (slot in force, word). Pure
+/// arithmetic: cannot panic.
+pub(super) fn follow(mut slot: &Arc<Slot>, mut word: u64) -> (&Arc<Slot>, u64) {
+    while let Some(change) = slot.next.get() {
+        word = state::convert_word(
+            slot.steps(),
+            word,
+            change.t,
+            change.to.steps(),
+            change.inherit,
+        );
+        slot = &change.to;
     }
+    (slot, word)
 }

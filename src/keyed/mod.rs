@@ -10,8 +10,8 @@
 //!   possibly stale one: its key may have been evicted since, and a bucket recreated at the old
 //!   step would refill those steps twice), already charged; racing first touches create one bucket
 //!   (the losers look the key up again).
-//! - Eviction (`sweep.rs`): a bucket is removed only when
-//!   [`is_evictable`](crate::steps::Steps::is_evictable): full, and already full `idle_steps` ago.
+//! - Eviction (`sweep.rs`): a bucket is removed only when it is full and the same as its slot's
+//!   untouched bucket as of `idle_steps` ago (`Slot::is_evictable` in `slots.rs`).
 //!   The evictor first swaps the word to the tombstone with a CAS from the word it checked (so no
 //!   acquire landed in between), then removes the entry. An acquire that meets a tombstone helps
 //!   remove it and looks the key up again. Because all buckets share one epoch, a full bucket and a
@@ -23,10 +23,12 @@
 //!   shard is swept after an eighth of its size in refused keys, or when a quarter of `idle_ttl`
 //!   has passed since its last sweep, before the [`AtCapacity`] policy applies.
 //! - Limit changes (`slots.rs`, the move of a key in `migrate.rs`): every limit a key can be under
-//!   is a *slot* (the tiers first, then one per change, at most
-//!   [`MAX_LIMITS`](crate::limits::MAX_LIMITS)); a key's slot is kept in spare bits of its stored
-//!   hash. A change adds a slot, records its time and policy on the old one and marks it replaced
-//!   (Release), then points the tier at the new slot. A call that finds its key under a replaced
+//!   is a *slot*; each entry holds its slot (an `Arc`, beside its cell), each tier points at the
+//!   slot in force. A change creates a slot, links it from the old one with its time and policy
+//!   (a `OnceLock`: the set is Release, every read Acquire), then points the tier at the new
+//!   slot. A replaced slot is freed when the last entry (or call) holding it lets go, so changes
+//!   never run out: the slots alive are those of the changes since the oldest bucket not yet
+//!   moved, and idle buckets full at a change are evicted by the next sweep. A call that finds its key under a replaced
 //!   slot seals the word (CAS to [`SEALED`](crate::steps::SEALED), distinct from the tombstone, so
 //!   no helper removes the entry), converts it through every change since
 //!   ([`convert`](crate::state::convert)) and replaces the entry; calls meeting the seal wait for
@@ -65,8 +67,8 @@ pub use slots::SetLimitError;
 
 use crate::bucket::TokenBucket;
 use crate::clock::AnyClock;
-use crate::limits::Limits;
-use crate::sync::{AtomicU64, AtomicUsize, Mutex};
+use crate::steps::Steps;
+use crate::sync::{ArcCell, AtomicU64, AtomicUsize, Mutex};
 use map::ShardMap;
 use slots::Slot;
 
@@ -100,21 +102,21 @@ pub struct KeyedLimiter<K, S = KeyHasher> {
     shards: Box<[CachePadded<Shard<K>>]>,
     shard_mask: u64,
     hasher: S,
-    /// The limits keys are under (slots): first the tiers, tier 0 being the builder's limit,
-    /// then one per limit change. A slot, once published, lives as long as the limiter:
-    /// entries may still name it.
-    slots: Limits<Slot>,
-    /// The slot in force for each tier.
-    current: Box<[AtomicUsize]>,
-    /// Serializes limit changes; holds the slots used and the time of the last change.
-    changes: Mutex<(usize, u64)>,
+    /// The slot in force for each tier (tier 0: the builder's limit, then the tiers'). A
+    /// replaced slot lives on while an entry holds it.
+    current: Box<[ArcCell<Slot>]>,
+    /// Serializes limit changes; holds the next slot id and the time of the last change.
+    changes: Mutex<(u32, u64)>,
+    /// Tier 0's first limit's steps, and its idle steps: the pace of sweeps (never changes).
+    pace: Steps,
+    pace_idle_steps: u64,
     tier_of: Option<TierFn<K>>,
     clock: AnyClock,
     epoch: u64,
     max_keys: usize,
     at_capacity: AtCapacity,
     /// The shared bucket of new keys at the key cap; follows tier 0's limit.
-    overflow: TokenBucket<AnyClock>,
+    overflow: ArcCell<TokenBucket<AnyClock>>,
     keys: CachePadded<AtomicUsize>,
     idle_ttl: Duration,
     /// Clock reading (plus one; 0: never) at the end of the last full pass ([`evict_idle`]):
@@ -144,7 +146,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     /// (papaya indexes its table with the low bits and tags with the top 7).
     #[inline(always)]
     fn shard_of<Q: Hash + ?Sized>(&self, key: &Q) -> (u64, &Shard<K>) {
-        let hash = map::plain(self.hasher.hash_one(key));
+        let hash = self.hasher.hash_one(key);
         (
             hash,
             &self.shards[((hash >> 32) & self.shard_mask) as usize],
@@ -194,7 +196,7 @@ impl<K: Hash + Eq, S> KeyedLimiter<K, S> {
 impl<K: Hash + Eq, S> std::fmt::Debug for KeyedLimiter<K, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyedLimiter")
-            .field("limit", self.limit())
+            .field("limit", &self.limit())
             .field("tiers", &self.current.len())
             .field("keys", &self.len())
             .field("shards", &self.shards.len())

@@ -77,7 +77,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        let (decision, slot) = self.take_key_tracked(key, n)?;
+        let (decision, (slot, _)) = self.take_key_tracked(key, n)?;
         if decision.is_denied() {
             return Err(ReserveError::Denied(decision));
         }
@@ -106,8 +106,8 @@ pub struct KeyedReservation<'a, K, S> {
     key: K,
     n: u64,
     decision: Decision,
-    /// The limit slot the tokens were taken under (`usize::MAX`: the key cap answered).
-    slot: usize,
+    /// The id of the limit slot the tokens were taken under (`NO_SLOT`: the key cap answered).
+    slot: u32,
 }
 
 impl<K: Hash + Eq, S: BuildHasher> KeyedReservation<'_, K, S> {

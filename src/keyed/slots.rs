@@ -1,15 +1,17 @@
-//! The limits keys can be under (*slots*): the tiers first, then one per live limit change, in
-//! one append-only [`Limits`](crate::limits::Limits) list. Each slot holds its limit, its untouched bucket (what the
-//! changes made of a bucket no call touched) and, once replaced, the change that replaced it.
+//! The limits keys can be under (*slots*): each tier's in force, and the ones live changes
+//! replaced, for as long as an entry (or a call) still holds them. Each slot holds its limit,
+//! its untouched bucket (what the changes made of a bucket no call touched) and, once
+//! replaced, the change that replaced it and the slot it moved to.
+
+use std::sync::Arc;
 
 use super::KeyedLimiter;
+use crate::bucket::TokenBucket;
 use crate::clock::Clock;
 use crate::limit::{Inherit, Limit};
-use crate::limits::MAX_LIMITS;
 use crate::state;
 use crate::steps::Steps;
-use crate::sync::{AtomicUsize, OnceLock, Ordering};
-use crate::TooManyReconfigurations;
+use crate::sync::OnceLock;
 
 /// Why [`KeyedLimiter::set_tier_limit`] did not change a limit (nothing changed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,8 +24,6 @@ pub enum SetLimitError {
         /// How many tiers the limiter has.
         tiers: usize,
     },
-    /// The limiter already holds its 256 limits: its tiers plus every change so far.
-    TooManyReconfigurations,
 }
 
 impl std::fmt::Display for SetLimitError {
@@ -32,22 +32,27 @@ impl std::fmt::Display for SetLimitError {
             SetLimitError::UnknownTier { tier, tiers } => {
                 write!(f, "no tier {tier}: this limiter has {tiers} tier(s)")
             }
-            SetLimitError::TooManyReconfigurations => write!(
-                f,
-                "this limiter already holds {MAX_LIMITS} limits (its tiers and every change); \
-                 build a new limiter"
-            ),
         }
     }
 }
 
 impl std::error::Error for SetLimitError {}
 
+/// A live change: when, how tokens carry over, and the slot it moved the tier to.
+pub(super) struct Change {
+    pub(super) t: u64,
+    pub(super) inherit: Inherit,
+    pub(super) to: Arc<Slot>,
+}
+
 /// One limit keys can be under (a slot): a tier's limit, or the limit a change gave a tier.
 pub(super) struct Slot {
     pub(super) limit: Limit,
     /// The tier whose limit this is.
     pub(super) tier: usize,
+    /// This slot's number among the limiter's slots (wrapping; never [`NO_SLOT`]): what a
+    /// decision records, so an undo can tell whether the key's bucket is still under it.
+    pub(super) id: u32,
     /// Steps a full bucket must have been idle before it may be evicted.
     pub(super) idle_steps: u64,
     /// The bucket of a key no call has touched: `fresh_tokens` at step `fresh_mark`, refilling
@@ -58,11 +63,27 @@ pub(super) struct Slot {
     fresh_mark: u64,
     /// The first step at which the untouched bucket is full; eviction waits for it.
     full_from: u64,
-    /// 0 while in force; `s + 1` once a change replaced this slot by slot `s`.
-    pub(super) replaced_by: AtomicUsize,
-    /// That change: its time (nanoseconds since the epoch) and policy. Set before
-    /// `replaced_by`.
-    pub(super) change: OnceLock<(u64, Inherit)>,
+    /// Set once a change replaced this slot: its time (nanoseconds since the epoch), policy
+    /// and the next slot. The next slot lives as long as this one: an entry under an old
+    /// slot reaches the one in force through these links.
+    pub(super) next: OnceLock<Change>,
+}
+
+/// A decision's slot id when no slot made it (the key cap's answer).
+pub(crate) const NO_SLOT: u32 = u32::MAX;
+
+impl Drop for Slot {
+    /// Unlinks the chain of replaced slots one at a time: dropping a long chain recursively
+    /// could overflow the stack.
+    fn drop(&mut self) {
+        let mut next = self.next.take();
+        while let Some(change) = next {
+            match Arc::try_unwrap(change.to) {
+                Ok(mut slot) => next = slot.next.take(),
+                Err(_) => break,
+            }
+        }
+    }
 }
 
 impl Slot {
@@ -72,28 +93,40 @@ impl Slot {
         self.limit.steps()
     }
 
-    pub(super) fn new(limit: Limit, tier: usize, ttl_ns: u64, fresh: Option<(u64, u64)>) -> Slot {
+    pub(super) fn new(
+        limit: Limit,
+        tier: usize,
+        id: u32,
+        ttl_ns: u64,
+        fresh: Option<(u64, u64)>,
+    ) -> Slot {
         let steps = *limit.steps();
         let (fresh_tokens, fresh_mark) = fresh.unwrap_or((steps.cap, 0));
         Slot {
             limit,
             tier,
+            id,
             idle_steps: steps.step_index(ttl_ns).saturating_add(2),
             fresh_tokens,
             fresh_mark,
             full_from: fresh_mark
                 .saturating_add((steps.cap - fresh_tokens.min(steps.cap)).div_ceil(steps.q)),
-            replaced_by: AtomicUsize::new(0),
-            change: OnceLock::new(),
+            next: OnceLock::new(),
         }
     }
 
     /// Whether a change replaced this slot (its entries move to the next one on access).
     #[inline(always)]
     pub(super) fn is_replaced(&self) -> bool {
-        // Acquire: pairs with the Release in `set_tier_limit`, so `change` and the next slot
-        // are seen.
-        self.replaced_by.load(Ordering::Acquire) != 0
+        // `OnceLock::get` loads with Acquire, pairing with the store of `set`: the change and
+        // the next slot are seen.
+        self.next.get().is_some()
+    }
+
+    /// The decision's record of this slot: (id, tier).
+    #[inline(always)]
+    pub(super) fn tag(&self) -> (u32, u16) {
+        (self.id, u16::try_from(self.tier).unwrap_or(u16::MAX))
     }
 
     /// The untouched bucket at step `k`: (tokens, mark).
@@ -119,37 +152,41 @@ impl Slot {
         self.steps().word(tokens, mark)
     }
 
-    /// Whether a bucket holding `word` may be evicted at step `k`: idle and full long enough,
-    /// and the untouched bucket is full by then too (so the two are the same).
+    /// Whether a bucket holding `word` (under this slot) may be evicted at step `k`: at
+    /// `k0 = k - idle_steps` it is full and the same as the untouched bucket, tokens and mark.
+    /// A call leaves its own step as the mark, so a bucket no call touched since `k0` has the
+    /// mark `k0`, or the later one a limit change gave every bucket of the tier (the untouched
+    /// bucket's too). From `k0` on the two refill alike, so replacing the bucket by the
+    /// untouched one is invisible to any call whose clock reads at least `k0` (contract §3).
+    /// Without changes this is "full since `k0`, mark `k0`"; with changes more often than
+    /// `idle_ttl`, buckets full at the last change are evicted all the same.
     pub(super) fn is_evictable(&self, word: u64, k: u64) -> bool {
-        self.steps().is_evictable(word, k, self.idle_steps) && k - self.idle_steps >= self.full_from
+        if crate::steps::is_dead(word) || k < self.idle_steps {
+            return false;
+        }
+        let k0 = k - self.idle_steps;
+        let (tokens, mark, _) = self.steps().refill(word, k0);
+        tokens == self.steps().cap && (tokens, mark) == self.fresh(k0)
     }
 }
 
 /// Limits, and their live changes.
 impl<K, S> KeyedLimiter<K, S> {
-    /// Slot `i` (a tier's limit, or one a change gave it).
-    #[inline(always)]
-    pub(super) fn slot(&self, i: usize) -> &Slot {
-        self.slots.get(i)
-    }
-
-    /// The slot in force for tier `tier`.
+    /// The slot in force for tier `tier` (a reference count taken: for an entry to hold).
     #[inline]
-    pub(super) fn current_slot(&self, tier: usize) -> usize {
-        // Acquire: pairs with the Release in `set_tier_limit`, so the slot is seen.
-        self.current[tier].load(Ordering::Acquire)
+    pub(super) fn current_slot(&self, tier: usize) -> Arc<Slot> {
+        self.current[tier].load()
     }
 
-    /// The tier of the limit slot `slot` (`None` for `usize::MAX`: the key cap's answer).
+    /// The tier of a decision's slot record (`None`: the key cap answered).
     #[cfg(feature = "http")]
-    pub(crate) fn tier_of_slot(&self, slot: usize) -> Option<usize> {
-        (slot != usize::MAX).then(|| self.slot(slot).tier)
+    pub(crate) fn tier_of_tag(tier: u16) -> Option<usize> {
+        (tier != u16::MAX).then_some(usize::from(tier))
     }
 
     /// The limit of tier 0 (every key's, without tiers) now.
-    pub fn limit(&self) -> &Limit {
-        &self.slot(self.current_slot(0)).limit
+    pub fn limit(&self) -> Limit {
+        self.current[0].with(|slot| slot.limit)
     }
 
     /// The limit of tier `tier` now; `None` when there is no such tier.
@@ -163,8 +200,8 @@ impl<K, S> KeyedLimiter<K, S> {
     /// assert!(limiter.tier_limit(2).is_none());
     /// # Ok::<(), tollgate::LimitError>(())
     /// ```
-    pub fn tier_limit(&self, tier: usize) -> Option<&Limit> {
-        (tier < self.current.len()).then(|| &self.slot(self.current_slot(tier)).limit)
+    pub fn tier_limit(&self, tier: usize) -> Option<Limit> {
+        self.current.get(tier).map(|c| c.with(|slot| slot.limit))
     }
 
     /// Replaces tier 0's limit (every key's, without tiers) while calls go on; see
@@ -174,18 +211,13 @@ impl<K, S> KeyedLimiter<K, S> {
     /// use tollgate::{Inherit, KeyedLimiter, Limit};
     /// let limiter: KeyedLimiter<String> = KeyedLimiter::new(Limit::per_minute(10)?);
     /// let _ = limiter.try_acquire_key("alice", 4).unwrap(); // 6 left of 10
-    /// limiter.set_limit(Limit::per_minute(100)?, Inherit::Proportional).unwrap();
+    /// limiter.set_limit(Limit::per_minute(100)?, Inherit::Proportional);
     /// assert_eq!(limiter.snapshot_key("alice").remaining(), 60);
     /// assert_eq!(limiter.snapshot_key("bob").remaining(), 100); // untouched: full
     /// # Ok::<(), tollgate::LimitError>(())
     /// ```
-    ///
-    /// # Errors
-    /// [`TooManyReconfigurations`] when the limiter already holds its 256 limits (its tiers
-    /// plus every change so far); nothing changes.
-    pub fn set_limit(&self, limit: Limit, inherit: Inherit) -> Result<(), TooManyReconfigurations> {
-        self.set_tier_limit(0, limit, inherit)
-            .map_err(|_| TooManyReconfigurations)
+    pub fn set_limit(&self, limit: Limit, inherit: Inherit) {
+        let _ = self.set_tier_limit(0, limit, inherit);
     }
 
     /// Replaces tier `tier`'s limit while calls go on, atomically per key: every call on a key
@@ -203,10 +235,11 @@ impl<K, S> KeyedLimiter<K, S> {
     /// [`Inherit::Keep`]: then an untouched bucket keeps the old capacity's tokens and refills
     /// from there, exactly like a bucket that was full at the change.
     ///
-    /// Setting the limit already in force with [`Inherit::Keep`] or [`Inherit::Proportional`]
-    /// changes nothing and does not count. Otherwise each change takes one of the limiter's 256
-    /// limit slots (its tiers take the first ones) for the limiter's life: replaced limits are
-    /// kept (at most 256 bytes each) because entries may still name them. The HTTP layer's
+    /// Changes never run out: a replaced limit is kept (a few hundred bytes) only while a
+    /// key's bucket, not yet moved, still names it; sweeps move the buckets they look at, and
+    /// eviction removes idle ones, so a limiter reconfigured every second keeps only the
+    /// limits of its last sweep periods. Setting the limit already in force with
+    /// [`Inherit::Keep`] or [`Inherit::Proportional`] changes nothing. The HTTP layer's
     /// `RateLimit-Policy` follows: each response describes the limit its decision was made
     /// under.
     ///
@@ -224,9 +257,7 @@ impl<K, S> KeyedLimiter<K, S> {
     /// ```
     ///
     /// # Errors
-    /// [`SetLimitError::UnknownTier`] for a tier the limiter does not have;
-    /// [`SetLimitError::TooManyReconfigurations`] when it already holds its 256 limits. Nothing
-    /// changes either way.
+    /// [`SetLimitError::UnknownTier`] for a tier the limiter does not have (nothing changes).
     pub fn set_tier_limit(
         &self,
         tier: usize,
@@ -240,48 +271,108 @@ impl<K, S> KeyedLimiter<K, S> {
             });
         }
         let mut changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
-        let (used, last) = *changes;
-        let slot = self.current_slot(tier);
-        let old = self.slot(slot);
+        let (ids, last) = *changes;
+        let old = self.current_slot(tier);
         if limit == old.limit && inherit != Inherit::Reset {
             return Ok(());
-        }
-        if used >= MAX_LIMITS {
-            return Err(SetLimitError::TooManyReconfigurations);
         }
         // Changes are ordered in time even if the clock steps back between them.
         let t = self.clock.now().saturating_sub(self.epoch).max(last);
         let (tokens, mark) = old.fresh(old.steps().step_index(t));
         let fresh = state::convert(old.steps(), tokens, mark, t, limit.steps(), inherit);
-        let new = Box::new(Slot::new(
+        let new = Arc::new(Slot::new(
             limit,
             tier,
+            ids,
             u64::try_from(self.idle_ttl.as_nanos()).unwrap_or(u64::MAX),
             Some(fresh),
         ));
-        if self.slots.set(used, new).is_err() {
-            return Err(SetLimitError::TooManyReconfigurations);
-        }
-        let _ = old.change.set((t, inherit));
-        // Release: publishes the new slot and the change with the mark; a call that sees the
-        // mark moves its key's bucket over.
-        old.replaced_by.store(used + 1, Ordering::Release);
-        // Release: new keys of this tier go to the new slot; pairs with `current_slot`.
-        self.current[tier].store(used, Ordering::Release);
-        *changes = (used + 1, t);
+        // Publishes the new slot with the change (`OnceLock::set` stores with Release); a
+        // call that sees the change moves its key's bucket over. Only this call (under the
+        // lock) sets the tier's slot in force, so the link is set once.
+        let _ = old.next.set(Change {
+            t,
+            inherit,
+            to: new.clone(),
+        });
+        // New keys of this tier go to the new slot (the cell's store is Release, its loads
+        // Acquire).
+        self.current[tier].store(new);
+        // Ids wrap, skipping `NO_SLOT`; an id comes back only after 2^32 - 1 changes.
+        let next_id = ids.wrapping_add(1) % NO_SLOT;
+        *changes = (next_id, t);
         if tier == 0 {
-            // At most 255 changes reach tier 0: the overflow bucket's own bound holds.
-            let _ = self.overflow.set_limit(limit, inherit);
+            self.overflow_follows(limit, inherit);
         }
         Ok(())
+    }
+
+    /// Tier 0's limit changed: the overflow bucket follows. A bucket allows
+    /// [`MAX_RECONFIGURATIONS`](crate::MAX_RECONFIGURATIONS) changes; after those, a new
+    /// bucket under the new limit takes its place, holding what the old one holds now
+    /// converted by `inherit` (a take racing the swap on the old bucket is then not carried
+    /// over: the overflow bucket is a shared fallback for keys beyond the cap).
+    pub(super) fn overflow_follows(&self, limit: Limit, inherit: Inherit) {
+        let old = self.overflow.load();
+        if old.set_limit(limit, inherit).is_ok() {
+            return;
+        }
+        let now = old.snapshot();
+        let cap = limit.capacity();
+        let tokens = match inherit {
+            Inherit::Keep => now.remaining().min(cap),
+            Inherit::Proportional => {
+                (u128::from(now.remaining()) * u128::from(cap) / u128::from(now.capacity().max(1)))
+                    as u64
+            }
+            Inherit::Reset => cap,
+        };
+        let new = TokenBucket::with_epoch(limit, self.clock.clone(), self.epoch);
+        let _ = new.try_acquire(cap - tokens.min(cap));
+        self.overflow.store(Arc::new(new));
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn evictable_when_full_idle_and_the_same_as_untouched() {
+        let limit = Limit::new(3, 1, Duration::from_nanos(10)).unwrap();
+        let s = *limit.steps();
+        // idle_ttl 40 ns: 4 steps, plus 2.
+        let slot = Slot::new(limit, 0, 0, 40, None);
+        let idle = slot.idle_steps;
+        // Full at mark 10: evictable once `idle` steps have passed.
+        assert!(!slot.is_evictable(s.full(10), 10 + idle - 1));
+        assert!(slot.is_evictable(s.full(10), 10 + idle));
+        // One token short at mark 10: full from step 11.
+        assert!(!slot.is_evictable(s.pack(10, 2), 10 + idle));
+        assert!(slot.is_evictable(s.pack(10, 2), 11 + idle));
+        // A stale evictor (mark ahead) and a tombstone are never evicted.
+        assert!(!slot.is_evictable(s.full(20), 15));
+        assert!(!slot.is_evictable(crate::steps::TOMBSTONE, 100));
+        // After a change at step 50 (full untouched bucket marked 50), a bucket the change
+        // left full at mark 50 is the untouched one: evictable at once.
+        let changed = Slot::new(limit, 0, 1, 40, Some((3, 50)));
+        assert!(changed.is_evictable(s.full(50), 51));
+        assert!(!changed.is_evictable(s.pack(50, 2), 51));
+        // A Keep raise: the untouched bucket holds 1 of 3 from step 50, full from step 52.
+        let raised = Slot::new(limit, 0, 2, 40, Some((1, 50)));
+        assert!(
+            !raised.is_evictable(s.full(50), 51),
+            "not the untouched bucket"
+        );
+        assert!(!raised.is_evictable(s.full(52), 52 + idle - 1));
+        assert!(raised.is_evictable(s.full(52), 52 + idle));
+    }
+
     /// The size `set_tier_limit`'s docs give for a replaced limit.
     #[test]
     fn a_replaced_limit_costs_at_most_256_bytes() {
+        // Plus the `Arc`'s two counts.
         assert!(std::mem::size_of::<super::Slot>() <= 256);
     }
 }

@@ -7,6 +7,8 @@ use std::hash::{BuildHasher, Hash};
 use std::time::Duration;
 
 use super::map::Pinned;
+use super::migrate::follow;
+use super::slots::Slot;
 use super::{KeyedLimiter, Shard};
 use crate::clock::Clock;
 use crate::steps;
@@ -21,19 +23,18 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     pub(super) fn sweep(&self, shard: &Shard<K>, pinned: &Pinned<'_, K>, now: u64) -> usize {
         let t = now.saturating_sub(self.epoch);
         // The step of `now` under the last slot seen (entries of one slot are the common case).
-        let mut step_of = (usize::MAX, 0);
-        let removed = pinned.sweep(|slot, cell| {
-            let word = cell.load();
+        let mut step_of: (*const Slot, u64) = (std::ptr::null(), 0);
+        let removed = pinned.sweep(|_, entry| {
+            let word = entry.cell.load();
             if steps::is_dead(word) {
                 return false;
             }
             // Judged under the limit in force (an entry under a replaced slot is converted).
-            let (slot, now_word) = self.follow(slot, word);
-            let under = self.slot(slot);
-            if step_of.0 != slot {
-                step_of = (slot, under.steps().step_index(t));
+            let (under, now_word) = follow(&entry.slot, word);
+            if !std::ptr::eq(step_of.0, &**under) {
+                step_of = (&**under, under.steps().step_index(t));
             }
-            under.is_evictable(now_word, step_of.1) && cell.tombstone(word)
+            under.is_evictable(now_word, step_of.1) && entry.cell.tombstone(word)
         });
         self.removed(removed);
         // Relaxed: pacing only.
@@ -60,9 +61,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
 
     /// The step of clock reading `now` in tier 0's first limit (sweep pacing's).
     pub(super) fn step_now(&self, now: u64) -> u64 {
-        self.slot(0)
-            .steps()
-            .step_index(now.saturating_sub(self.epoch))
+        self.pace.step_index(now.saturating_sub(self.epoch))
     }
 
     /// Evicts every idle full bucket now (a full pass over all shards); returns how many.

@@ -18,7 +18,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     /// changed since), or for a take the key cap answered, nothing comes back. A key whose
     /// bucket was evicted since was full meanwhile, so the undo's count of refill steps gives
     /// nothing back either.
-    pub(crate) fn undo_key<Q>(&self, key: &Q, n: u64, taken: &Decision, slot: usize) -> Decision
+    pub(crate) fn undo_key<Q>(&self, key: &Q, n: u64, taken: &Decision, slot: u32) -> Decision
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
@@ -137,7 +137,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         &self,
         key: &Q,
         n: u64,
-        only: Option<usize>,
+        only: Option<u32>,
         op: impl Fn(&Steps, u64, u64, u64) -> Outcome + Copy,
     ) -> Decision
     where
@@ -150,15 +150,20 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
         let pinned = shard.map.pin();
         let mut inserted = false;
         loop {
-            if let Some((slot, under, cell)) = self.entry(&pinned, &probe) {
-                let n = if only.is_none_or(|s| s == slot) { n } else { 0 };
-                if let Some(d) = cell.update(under.steps(), now, self.epoch, n, op) {
+            if let Some(entry) = self.entry(&pinned, &probe) {
+                let under = &entry.slot;
+                let n = if only.is_none_or(|s| s == under.id) {
+                    n
+                } else {
+                    0
+                };
+                if let Some(d) = entry.cell.update(under.steps(), now, self.epoch, n, op) {
                     return d;
                 }
-                self.dead(&pinned, &probe, cell);
+                self.dead(&pinned, &probe, &entry.cell);
                 continue;
             }
-            let under = self.slot(self.current_slot(self.tier_of(&key.to_owned())));
+            let under = self.current_slot(self.tier_of(&key.to_owned()));
             let k = under.steps().step_index(now.saturating_sub(self.epoch));
             let (tokens, _) = under.fresh(k);
             let out = op(under.steps(), under.fresh_word(k), k, n);

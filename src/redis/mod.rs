@@ -494,7 +494,7 @@ impl crate::http::Backend for RedisLimiter {
         })
     }
 
-    fn limit(&self) -> &Limit {
-        &self.limit
+    fn limit(&self) -> Limit {
+        self.limit
     }
 }
