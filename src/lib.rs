@@ -43,7 +43,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// The README's examples, compiled and run as doctests (they use every feature).
-#[cfg(all(doctest, feature = "http", feature = "redis"))]
+#[cfg(all(doctest, feature = "http", feature = "redis", feature = "config"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeExamples;
 

@@ -66,7 +66,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     }
 
     /// `try_acquire_key` that also says under which limit slot the key's bucket decided: its
-    /// (id, tier) ([`NO_SLOT`](super::slots::NO_SLOT): the key cap's answer, not the key's
+    /// (id, tier) ([`NO_SLOT`]: the key cap's answer, not the key's
     /// bucket), for a later [`undo_key`](KeyedLimiter::undo_key).
     pub(crate) fn take_key_tracked<Q>(
         &self,
@@ -102,7 +102,7 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     }
 
     /// One call on `key`: the decision, and the (id, tier) of the slot of the bucket that made
-    /// it (id [`NO_SLOT`](super::slots::NO_SLOT) when the key cap answered).
+    /// it (id [`NO_SLOT`] when the key cap answered).
     #[inline(always)]
     fn decide<Q>(&self, key: &Q, n: u64) -> Result<(Decision, (u32, u16)), InsufficientCapacity>
     where
