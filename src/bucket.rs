@@ -327,7 +327,8 @@ impl<C: Clock> TokenBucket<C> {
         self.update(0, |s, w, k, _| state::reset(s, w, k))
     }
 
-    fn update(
+    /// Applies `op` (a refund, grant, reset or charge) to the bucket now.
+    pub(crate) fn update(
         &self,
         n: u64,
         op: impl Fn(&Steps, u64, u64, u64) -> state::Outcome + Copy,

@@ -241,7 +241,15 @@ impl<K: Hash + Eq, S: BuildHasher> InFlightLimiter<K, S> {
 
     fn maybe_sweep(&self) {
         // Relaxed: a heuristic threshold; a sweep more or less changes no count.
-        if self.map.len() >= self.next_sweep.load(Ordering::Relaxed) {
+        let due = self.next_sweep.load(Ordering::Relaxed);
+        // Claimed by one caller (the others see `usize::MAX` until the sweep sets the next
+        // mark), so a flood of new keys does not sweep the map many times at once.
+        if self.map.len() >= due
+            && self
+                .next_sweep
+                .compare_exchange(due, usize::MAX, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
             self.sweep();
         }
     }

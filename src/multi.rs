@@ -228,7 +228,7 @@ impl<K: Hash + Eq, S: BuildHasher> MultiKeyedLimiter<K, S> {
             n,
             // the contract's exact peek (it records a new key's bucket, whose mark later stale readings
             // must see), counted in the stats only as a denial.
-            |i, n| self.limiters[i].peek_for(key, n),
+            |i, n| self.limiters[i].peek_for(key, n).map(|(d, _)| d),
             |i, n| {
                 self.limiters[i]
                     .take_key_tracked(key, n)

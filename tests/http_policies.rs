@@ -367,3 +367,76 @@ fn building_checks_names_and_undo() {
     // One policy without charging needs no undo.
     assert!(RateLimitLayer::builder(NoUndo(limit)).build().is_ok());
 }
+
+/// Counts the takes (`acquire` with a cost) that reach a backend.
+#[derive(Debug)]
+struct Counted(Arc<KeyedLimiter<Key>>, Arc<std::sync::atomic::AtomicU64>);
+
+impl Backend for Counted {
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Verdict, Self::Error>>;
+    fn acquire(&self, key: &Key, cost: u64) -> Self::Future {
+        if cost > 0 {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.0.acquire(key, cost)
+    }
+    fn peek(&self, key: &Key, cost: u64) -> Self::Future {
+        self.0.peek(key, cost)
+    }
+    fn limit(&self) -> Limit {
+        self.0.limit()
+    }
+    fn can_undo(&self) -> bool {
+        true
+    }
+    fn undo(&self, key: &Key, cost: u64, taken: &tollgate::Decision) {
+        self.0.undo(key, cost, taken)
+    }
+}
+
+/// A layer of several policies looks at all before taking from any: a request one refuses
+/// takes nothing anywhere (no undo needed, so a busy shared bucket loses nothing to refused
+/// floods), and a cost above a later policy's capacity gives no `Retry-After`.
+#[tokio::test]
+async fn a_refused_request_takes_nothing() {
+    let clock = ManualClock::new();
+    let takes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let global = Counted(keyed(&clock, 100, 1), takes.clone());
+    let per_key = Counted(keyed(&clock, 2, 60), takes.clone());
+    let layer = RateLimitLayer::builder(global)
+        .policy_name("global")
+        .policy(
+            Policy::new("key", per_key)
+                .key(KeyExtractor::api_key())
+                .cost(|req| if req.uri.path() == "/upload" { 5 } else { 1 }),
+        )
+        .build()
+        .unwrap();
+    let addr = serve(api(layer)).await;
+    let c = client();
+    for _ in 0..2 {
+        let got = send(&c, get_with(addr, "/api", &[("x-api-key", "a")])).await;
+        assert_eq!(got.status, StatusCode::OK);
+    }
+    assert_eq!(takes.load(std::sync::atomic::Ordering::SeqCst), 4);
+    for _ in 0..50 {
+        let got = send(&c, get_with(addr, "/api", &[("x-api-key", "a")])).await;
+        assert_eq!(got.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(got.header("retry-after"), Some("60"));
+    }
+    assert_eq!(
+        takes.load(std::sync::atomic::Ordering::SeqCst),
+        4,
+        "refused requests took nothing"
+    );
+    // A cost above the per-key capacity (5 > 2): refused without Retry-After.
+    let upload = http::Request::post(format!("http://{addr}/upload"))
+        .header("x-api-key", "b")
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let got = send(&c, upload).await;
+    assert_eq!(got.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(got.header("retry-after"), None);
+    assert_eq!(members(&got, "ratelimit").len(), 2);
+}

@@ -225,7 +225,7 @@ async fn a_watched_file_is_reloaded_when_it_changes() {
     let rules = std::sync::Arc::new(RuleSet::load(&path).unwrap());
     let layer = rules.layer().unwrap();
     let _watch = rules
-        .watch(layer, &path, Duration::from_millis(10))
+        .watch(&layer, &path, Duration::from_millis(10))
         .unwrap();
     // A broken file is logged and changes nothing; the fixed one applies.
     std::fs::write(&path, "rules: [").unwrap();

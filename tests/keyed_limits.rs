@@ -241,3 +241,26 @@ fn at_the_key_cap_a_denial_is_under_the_keys_own_tier() {
     );
     assert_eq!(limiter.check_key("free").capacity(), 10);
 }
+
+/// A charge after the fact on a new key at the key cap lands on the shared overflow bucket that
+/// answers such keys.
+#[test]
+fn a_charge_at_the_key_cap_goes_to_the_overflow_bucket() {
+    use tollgate::AtCapacity;
+    let clock = ManualClock::new();
+    let limiter: KeyedLimiter<String> =
+        KeyedLimiter::builder(Limit::new(10, 1, Duration::from_secs(60)).unwrap())
+            .clock(clock.clone())
+            .max_keys(1, AtCapacity::Overflow)
+            .build();
+    assert!(limiter.check_key("a").is_allowed());
+    // "b" is beyond the cap: its charge takes 7 from the overflow bucket.
+    assert_eq!(limiter.charge_key("b", 7).remaining(), 3);
+    let d = limiter.try_acquire_key("c", 3).unwrap();
+    assert!(d.is_allowed());
+    assert!(
+        limiter.check_key("d").is_denied(),
+        "the overflow bucket is empty"
+    );
+    assert_eq!(limiter.len(), 1);
+}

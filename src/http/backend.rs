@@ -39,6 +39,13 @@ pub trait Backend: Send + Sync + 'static {
     /// Takes `cost` tokens from `key`'s bucket if they are there (`cost == 0`: a peek).
     fn acquire(&self, key: &Key, cost: u64) -> Self::Future;
 
+    /// Looks at `key`'s bucket ahead of a request for `cost` tokens, taking nothing (a layer of
+    /// several policies looks at all before taking from any). Default: `acquire(key, 0)`.
+    fn peek(&self, key: &Key, cost: u64) -> Self::Future {
+        let _ = cost;
+        self.acquire(key, 0)
+    }
+
     /// The limit most keys get: the layer renders its `RateLimit-Policy` once, at build; a
     /// decision made under another limit (a key's tier, a limit changed since) gets its own.
     fn limit(&self) -> Limit;
@@ -100,6 +107,14 @@ where
             .map(|(d, tag)| d.with_slot(tag))))
     }
 
+    #[inline]
+    fn peek(&self, key: &Key, cost: u64) -> Self::Future {
+        // Counted in the stats only as the denial it foretells, if it does.
+        ready(Ok(self
+            .peek_for(key, cost)
+            .map(|(d, tag)| d.with_slot(tag))))
+    }
+
     fn limit(&self) -> Limit {
         KeyedLimiter::limit(self)
     }
@@ -136,6 +151,11 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     #[inline]
     fn acquire(&self, key: &Key, cost: u64) -> Self::Future {
         (**self).acquire(key, cost)
+    }
+
+    #[inline]
+    fn peek(&self, key: &Key, cost: u64) -> Self::Future {
+        (**self).peek(key, cost)
     }
 
     fn limit(&self) -> Limit {

@@ -408,6 +408,8 @@ impl<B: std::fmt::Debug> std::fmt::Debug for RateLimitLayerBuilder<B> {
             .field("on_denied", &self.on_denied.as_ref().map(|_| "fn"))
             .field("grpc", &self.grpc)
             .field("route", &self.route.as_ref().map(|_| "fn"))
+            .field("first_shadow", &self.first_shadow)
+            .field("first_when", &self.first_when.as_ref().map(|_| "fn"))
             .finish()
     }
 }

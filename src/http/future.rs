@@ -16,16 +16,12 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::charge::OnEnd;
-use super::observe::{self, Outcome};
+use super::observe;
 use super::responses::{
-    add_retry_after, degraded_denial, is_grpc, missing_key, no_peer_address, to_grpc, too_many,
-    Denial,
+    add_retry_after, is_grpc, missing_key, no_peer_address, to_grpc, too_many, Denial,
 };
-use super::{
-    Backend, Charge, Config, Key, MissingKey, OnBackendError, RequestInfo, ResponseBody,
-    ResponseInfo,
-};
+use super::verdicts;
+use super::{Backend, Config, Key, MissingKey, RequestInfo, ResponseBody, ResponseInfo};
 use crate::Decision;
 
 pin_project! {
@@ -39,6 +35,21 @@ pin_project! {
         state: State<S, B, ReqBody>,
         config: Option<Arc<Config<B>>>,
         run: Run,
+    }
+
+    impl<S, B, ReqBody> PinnedDrop for ResponseFuture<S, B, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+        B: Backend,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            // Dropped while its policies were being asked (the client went away): what was
+            // taken so far goes back, as for a refusal.
+            if let (false, Some(config)) = (this.run.settled, this.config.as_ref()) {
+                give_back(config, &this.run.ledger);
+            }
+        }
     }
 }
 
@@ -76,48 +87,68 @@ pin_project! {
     }
 }
 
-/// The policy being asked.
+/// The call being waited for.
 struct Asking {
-    policy: usize,
+    /// In `Look`, the policy looked at (its entry not yet made); otherwise the ledger entry.
+    at: usize,
     key: Option<Key>,
     cost: u64,
-    /// Only looking (another policy refused): for the headers and the longest wait.
-    peek: bool,
+    mode: Mode,
+}
+
+/// What a backend call is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// Phase one (layers of several policies): a peek at every policy; a refusal by any
+    /// refuses the request with nothing taken anywhere.
+    Look,
+    /// Phase two: the takes, in order; a refusal (a race lost since the look) gives back what
+    /// the entries before it took.
+    Take,
+    /// A peek after a take refused a cost above the capacity: for the headers.
+    Describe,
 }
 
 /// What one request has from its policies so far.
 #[derive(Default)]
-struct Run {
-    ledger: Ledger,
-    refusal: Option<Refusal>,
+pub(super) struct Run {
+    pub(super) ledger: Ledger,
+    pub(super) refusal: Option<Refusal>,
     /// The layer's shadow mode, read once per request.
-    shadow: bool,
+    pub(super) shadow: bool,
     /// A gRPC call, answered in gRPC.
     grpc: bool,
     /// The route label, when decisions are observed.
-    route: Option<Arc<str>>,
+    pub(super) route: Option<Arc<str>>,
+    /// The request reached the service or was answered: nothing left to give back on drop.
+    settled: bool,
+    /// Refusals shadow mode turned into passes (policy, why): counted when the request passes
+    /// (a request another policy refuses was not let through).
+    pub(super) shadowed: Vec<(usize, &'static str)>,
 }
 
 /// One policy's part in a request.
-struct Entry {
-    policy: usize,
-    key: Key,
-    cost: u64,
+pub(super) struct Entry {
+    pub(super) policy: usize,
+    pub(super) key: Key,
+    pub(super) cost: u64,
     /// The decision the response describes (none in shadow mode without shadow headers).
-    shown: Option<Decision>,
+    pub(super) shown: Option<Decision>,
     /// The grant, when the policy took tokens (given back if another refuses).
-    took: Option<Decision>,
+    pub(super) took: Option<Decision>,
+    /// Not to be taken from (a shadow policy that would refuse, a backend that failed open).
+    pub(super) skip: bool,
 }
 
 /// The entries, the first inline (a layer of one policy allocates nothing).
 #[derive(Default)]
-struct Ledger {
+pub(super) struct Ledger {
     first: Option<Entry>,
     rest: Vec<Entry>,
 }
 
 impl Ledger {
-    fn push(&mut self, entry: Entry) {
+    pub(super) fn push(&mut self, entry: Entry) {
         if self.first.is_none() {
             self.first = Some(entry);
         } else {
@@ -125,13 +156,24 @@ impl Ledger {
         }
     }
 
-    fn iter(&self) -> impl Iterator<Item = &Entry> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Entry> {
         self.first.iter().chain(self.rest.iter())
+    }
+
+    pub(super) fn get_mut(&mut self, i: usize) -> Option<&mut Entry> {
+        match i {
+            0 => self.first.as_mut(),
+            _ => self.rest.get_mut(i - 1),
+        }
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
     }
 }
 
 /// Why the request will not reach the service.
-enum Refusal {
+pub(super) enum Refusal {
     /// A quota denial by `policy`, or its cost above the capacity (`wait: None`).
     Denied {
         policy: usize,
@@ -152,7 +194,10 @@ where
         ResponseFuture {
             state: State::Calling { call },
             config: None,
-            run: Run::default(),
+            run: Run {
+                settled: true,
+                ..Run::default()
+            },
         }
     }
 
@@ -181,8 +226,9 @@ where
     }
 }
 
-/// Asks the policies from `from` on: the state that waits for the next one's answer, or, when
-/// all have answered, the call or the refusal.
+/// Finds the policies that apply from policy `from` on and their keys; in a layer of several
+/// policies, looks at each (phase one), otherwise takes at once. Returns the state that waits
+/// for the next backend answer or, when there is none, the next phase.
 fn ask<S, B, ReqBody>(
     config: &Arc<Config<B>>,
     run: &mut Run,
@@ -196,21 +242,20 @@ where
     ReqBody: Body,
 {
     let info = RequestInfo::new(&req, req.body().size_hint().exact());
+    let look = config.policies.len() > 1;
     for (i, p) in config.policies.iter().enumerate().skip(from) {
         if !p.applies(&info) {
             continue;
         }
-        let peek = run.refusal.is_some();
         let shadow = run.shadow || p.in_shadow();
         let key = match p.key.extract(&info) {
             Some(key) => key,
-            None if peek => continue,
             None if p.key.lacks_peer(&info) => {
                 let response = no_peer_address(&config.no_peer_logged);
-                config.observe(i, no_key(shadow), None, run.route.as_ref());
+                config.observe(i, verdicts::no_key(shadow), None, run.route.as_ref());
                 if shadow {
                     // Logged as a set-up error all the same; nothing refused.
-                    config.let_through(i, "no peer address");
+                    run.shadowed.push((i, "no peer address"));
                     continue;
                 }
                 run.refusal = Some(Refusal::Answer(response));
@@ -218,9 +263,9 @@ where
             }
             None => match &p.missing {
                 MissingKey::Reject(status) => {
-                    config.observe(i, no_key(shadow), None, run.route.as_ref());
+                    config.observe(i, verdicts::no_key(shadow), None, run.route.as_ref());
                     if shadow {
-                        config.let_through(i, "no key");
+                        run.shadowed.push((i, "no key"));
                         continue;
                     }
                     run.refusal = Some(Refusal::Answer(missing_key(*status, &p.key)));
@@ -230,20 +275,79 @@ where
             },
         };
         let cost = p.cost(&info);
-        let check = p.backend.acquire(&key, if peek { 0 } else { cost });
+        if !look {
+            // One policy: nothing to give back, so no look first.
+            run.ledger.push(Entry {
+                policy: i,
+                key,
+                cost,
+                shown: None,
+                took: None,
+                skip: false,
+            });
+            break;
+        }
         return State::Checking {
-            check,
+            check: p.backend.peek(&key, cost),
             req: Some(req),
             inner: Some(inner),
             at: Asking {
-                policy: i,
+                at: i,
                 key: Some(key),
                 cost,
-                peek,
+                mode: Mode::Look,
+            },
+        };
+    }
+    if run.refusal.is_some() {
+        return finish(config, run, req, inner);
+    }
+    take(config, run, req, inner, 0)
+}
+
+/// Phase two: takes from the ledger's entries from entry `from` on; the call once all granted.
+fn take<S, B, ReqBody>(
+    config: &Arc<Config<B>>,
+    run: &mut Run,
+    req: Request<ReqBody>,
+    inner: S,
+    from: usize,
+) -> State<S, B, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+    B: Backend,
+{
+    for e in from..run.ledger.len() {
+        let Some(entry) = run.ledger.get_mut(e) else {
+            break;
+        };
+        if entry.skip {
+            continue;
+        }
+        return State::Checking {
+            check: config.policies[entry.policy]
+                .backend
+                .acquire(&entry.key, entry.cost),
+            req: Some(req),
+            inner: Some(inner),
+            at: Asking {
+                at: e,
+                key: None,
+                cost: entry.cost,
+                mode: Mode::Take,
             },
         };
     }
     finish(config, run, req, inner)
+}
+
+/// Gives back what the ledger's entries took (an undo each).
+fn give_back<B: Backend>(config: &Config<B>, ledger: &Ledger) {
+    for e in ledger.iter() {
+        if let Some(took) = &e.took {
+            config.policies[e.policy].backend.undo(&e.key, e.cost, took);
+        }
+    }
 }
 
 /// Every policy answered: call the service, or refuse (giving back what the others took).
@@ -257,7 +361,11 @@ where
     S: Service<Request<ReqBody>>,
     B: Backend,
 {
+    run.settled = true;
     let Some(refusal) = run.refusal.take() else {
+        for (i, why) in run.shadowed.drain(..) {
+            config.let_through(i, why);
+        }
         return State::Calling {
             call: inner.call(req),
         };
@@ -332,39 +440,39 @@ where
                 } => {
                     let verdict = ready!(check.poll(cx));
                     let config = this.config.as_ref().expect("set while checking");
-                    let (Some(req), Some(inner), Some(key)) =
-                        (req.take(), inner.take(), at.key.take())
-                    else {
+                    let (Some(req), Some(inner)) = (req.take(), inner.take()) else {
                         unreachable!("taken once")
                     };
-                    let (i, cost) = (at.policy, at.cost);
-                    let next = if at.peek {
-                        looked(config, this.run, i, key, cost, verdict);
-                        match this.run.refusal {
-                            // Cost above a capacity: no wait helps; the others need no look.
-                            Some(Refusal::Denied { wait: None, .. }) => {
-                                finish(config, this.run, req, inner)
+                    let run = &mut *this.run;
+                    let next = match at.mode {
+                        Mode::Look => {
+                            let key = at.key.take().expect("a look holds its key");
+                            verdicts::looked(config, run, at.at, key, at.cost, verdict);
+                            if matches!(run.refusal, Some(Refusal::Answer(_))) {
+                                finish(config, run, req, inner)
+                            } else {
+                                ask(config, run, req, inner, at.at + 1)
                             }
-                            _ => ask(config, this.run, req, inner, i + 1),
                         }
-                    } else {
-                        match answered(config, this.run, i, key, cost, verdict) {
-                            // Look at this policy's bucket for the headers, then refuse.
-                            Some(key) => State::Checking {
-                                check: config.policies[i].backend.acquire(&key, 0),
+                        Mode::Take => match verdicts::taken(config, run, at.at, verdict) {
+                            // A cost above the capacity: look for the headers, then refuse.
+                            Some(entry) => State::Checking {
+                                check: config.policies[entry.0].backend.peek(&entry.1, 0),
                                 req: Some(req),
                                 inner: Some(inner),
                                 at: Asking {
-                                    policy: i,
-                                    key: Some(key),
-                                    cost,
-                                    peek: true,
+                                    at: at.at,
+                                    key: None,
+                                    cost: at.cost,
+                                    mode: Mode::Describe,
                                 },
                             },
-                            None if matches!(this.run.refusal, Some(Refusal::Answer(_))) => {
-                                finish(config, this.run, req, inner)
-                            }
-                            None => ask(config, this.run, req, inner, i + 1),
+                            None if run.refusal.is_some() => finish(config, run, req, inner),
+                            None => take(config, run, req, inner, at.at + 1),
+                        },
+                        Mode::Describe => {
+                            verdicts::described(config, run, at.at, verdict);
+                            finish(config, run, req, inner)
                         }
                     };
                     this.state.set(next);
@@ -389,7 +497,8 @@ where
                                 .apply(d, &mut parts.headers);
                         }
                     }
-                    let on_end = charge.and_then(|c| charged(config, &mut this.run.ledger, c));
+                    let on_end =
+                        charge.and_then(|c| verdicts::charged(config, &mut this.run.ledger, c));
                     return Poll::Ready(Ok(Response::from_parts(
                         parts,
                         ResponseBody::inner_then(body, on_end),
@@ -404,185 +513,6 @@ where
                     )));
                 }
             }
-        }
-    }
-}
-
-/// Policy `i` answered the request (not a look). Returns the key when the policy must be looked
-/// at before refusing (a cost above its capacity: for the headers).
-fn answered<B: Backend>(
-    config: &Config<B>,
-    run: &mut Run,
-    i: usize,
-    key: Key,
-    cost: u64,
-    verdict: Result<crate::http::Verdict, B::Error>,
-) -> Option<Key> {
-    let shadow = run.shadow || config.policies[i].in_shadow();
-    let shown = |d: Decision| (!shadow || config.shadow_headers).then_some(d);
-    let entry = |key, shown, took| Entry {
-        policy: i,
-        key,
-        cost,
-        shown,
-        took,
-    };
-    let route = run.route.as_ref();
-    match verdict {
-        Ok(Ok(d)) if d.is_allowed() => {
-            config.observe(i, Outcome::of_grant(&d), Some(&d), route);
-            run.ledger.push(entry(key, shown(d), Some(d)));
-        }
-        Ok(Ok(d)) if shadow => {
-            config.observe(i, Outcome::ShadowDenied, Some(&d), route);
-            config.let_through(
-                i,
-                if d.is_degraded() {
-                    "backend failure policy"
-                } else {
-                    "denied"
-                },
-            );
-            run.ledger
-                .push(entry(key, shown(d).filter(|d| !d.is_degraded()), None));
-        }
-        Ok(Ok(d)) if d.is_degraded() => {
-            config.observe(i, Outcome::Error, None, route);
-            run.refusal = Some(Refusal::Answer(degraded_denial()));
-        }
-        Ok(Ok(d)) => {
-            config.observe(i, Outcome::Denied, Some(&d), route);
-            run.refusal = Some(Refusal::Denied {
-                policy: i,
-                decision: Some(d),
-                wait: Some(d.retry_after()),
-            });
-            run.ledger.push(entry(key, Some(d), None));
-        }
-        Ok(Err(_too_costly)) if shadow => {
-            config.observe(i, Outcome::ShadowDenied, None, route);
-            config.let_through(i, "cost above the capacity");
-        }
-        Ok(Err(_too_costly)) => {
-            config.observe(i, Outcome::Denied, None, route);
-            // No Retry-After: no wait makes this request pass (issue 19).
-            run.refusal = Some(Refusal::Denied {
-                policy: i,
-                decision: None,
-                wait: None,
-            });
-            return Some(key);
-        }
-        Err(error) => {
-            config.observe(i, Outcome::Error, None, route);
-            match config.on_error {
-                OnBackendError::FailOpen => {
-                    tracing::warn!(%error, policy = %config.policies[i].name, "rate-limit backend failed; request let through (fail open)");
-                }
-                OnBackendError::FailClosed if shadow => {
-                    tracing::warn!(%error, policy = %config.policies[i].name, "rate-limit backend failed; request let through (shadow mode)");
-                    config.let_through(i, "backend error");
-                }
-                OnBackendError::FailClosed => {
-                    // The error (hosts, server messages) goes to the log, not to the client.
-                    tracing::warn!(%error, policy = %config.policies[i].name, "rate-limit backend failed; request refused (fail closed)");
-                    run.refusal = Some(Refusal::Answer(degraded_denial()));
-                }
-            }
-        }
-    }
-    None
-}
-
-/// The outcome of a missing key (or peer address): let through in shadow mode.
-fn no_key(shadow: bool) -> Outcome {
-    if shadow {
-        Outcome::ShadowDenied
-    } else {
-        Outcome::NoKey
-    }
-}
-
-/// A look at policy `i` (cost 0) after a refusal: its bucket for the headers, and its wait if it
-/// would refuse the request too (the 429 says the longest).
-fn looked<B: Backend>(
-    config: &Config<B>,
-    run: &mut Run,
-    i: usize,
-    key: Key,
-    cost: u64,
-    verdict: Result<crate::http::Verdict, B::Error>,
-) {
-    let Ok(Ok(d)) = verdict else { return };
-    if d.is_degraded() {
-        return;
-    }
-    let shadow = run.shadow || config.policies[i].in_shadow();
-    if let Some(Refusal::Denied {
-        policy,
-        decision,
-        wait,
-    }) = &mut run.refusal
-    {
-        if *policy == i {
-            // The look at the policy whose cost is above its capacity.
-            *decision = Some(d);
-        } else if let Some(wait) = wait {
-            if !shadow && d.remaining() < cost && cost <= d.capacity() {
-                *wait = (*wait).max(d.denied_for(cost).retry_after());
-            }
-        }
-    }
-    if shadow && !config.shadow_headers {
-        return;
-    }
-    run.ledger.push(Entry {
-        policy: i,
-        key,
-        cost,
-        shown: Some(d),
-        took: None,
-    });
-}
-
-/// Applies a response's [`Charge`] to every policy that granted the request; for a charge by
-/// the bytes of the body, the work for the body's end.
-fn charged<B: Backend>(
-    config: &Arc<Config<B>>,
-    ledger: &mut Ledger,
-    charge: Charge,
-) -> Option<Box<OnEnd>> {
-    match charge {
-        Charge::Keep => None,
-        Charge::Undo => {
-            for e in ledger.iter() {
-                if let Some(took) = &e.took {
-                    config.policies[e.policy].backend.undo(&e.key, e.cost, took);
-                }
-            }
-            None
-        }
-        Charge::Extra(n) => {
-            for e in ledger.iter().filter(|e| e.took.is_some()) {
-                config.policies[e.policy].backend.charge(&e.key, n);
-            }
-            None
-        }
-        Charge::BodyBytes { per_token } => {
-            let keys: Vec<(usize, Key)> = std::mem::take(ledger)
-                .iter()
-                .filter(|e| e.took.is_some())
-                .map(|e| (e.policy, e.key.clone()))
-                .collect();
-            let config = config.clone();
-            Some(Box::new(OnEnd::new(move |sent| {
-                let n = sent.div_ceil(per_token.get());
-                if n > 0 {
-                    for (policy, key) in &keys {
-                        config.policies[*policy].backend.charge(key, n);
-                    }
-                }
-            })))
         }
     }
 }

@@ -93,6 +93,13 @@ impl InFlightLayer {
     }
 
     /// The limiter behind the layer (to read a key's count).
+    ///
+    /// ```
+    /// use std::num::NonZeroU64;
+    /// use tollgate::http::{InFlightLayer, Key};
+    /// let layer = InFlightLayer::builder(NonZeroU64::new(8).unwrap()).build().unwrap();
+    /// assert_eq!(layer.limiter().in_flight(&Key::Global), 0);
+    /// ```
     pub fn limiter(&self) -> &InFlightLimiter<Key> {
         &self.config.limiter
     }
@@ -113,12 +120,29 @@ impl InFlightLayerBuilder {
     }
 
     /// The answer to a request without a key. Default: [`MissingKey::Reject`] with 401.
+    ///
+    /// ```
+    /// # use std::num::NonZeroU64;
+    /// use tollgate::http::{InFlightLayer, Key, KeyExtractor, MissingKey};
+    /// // Anonymous requests share one limit.
+    /// let layer = InFlightLayer::builder(NonZeroU64::new(2).unwrap())
+    ///     .key(KeyExtractor::api_key())
+    ///     .missing_key(MissingKey::Fallback(Key::Global));
+    /// # let _ = layer;
+    /// ```
     pub fn missing_key(mut self, missing: MissingKey) -> Self {
         self.missing = missing;
         self
     }
 
     /// The policy name in the headers. Default: `inflight`.
+    ///
+    /// ```
+    /// # use std::num::NonZeroU64;
+    /// use tollgate::http::InFlightLayer;
+    /// let layer = InFlightLayer::builder(NonZeroU64::new(2).unwrap()).policy_name("llm").build();
+    /// assert!(layer.is_ok());
+    /// ```
     pub fn policy_name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
@@ -126,6 +150,13 @@ impl InFlightLayerBuilder {
 
     /// Which headers responses carry: [`HeaderStyle::None`] for none; otherwise the IETF
     /// fields (this limit has no legacy `X-RateLimit-*` form). Default: [`HeaderStyle::Ietf`].
+    ///
+    /// ```
+    /// # use std::num::NonZeroU64;
+    /// use tollgate::http::{HeaderStyle, InFlightLayer};
+    /// let layer = InFlightLayer::builder(NonZeroU64::new(2).unwrap()).headers(HeaderStyle::None);
+    /// # let _ = layer;
+    /// ```
     pub fn headers(mut self, style: HeaderStyle) -> Self {
         self.style = style;
         self
@@ -133,12 +164,25 @@ impl InFlightLayerBuilder {
 
     /// Whether gRPC calls get their refusals in gRPC (see
     /// [`RateLimitLayerBuilder::grpc`](super::RateLimitLayerBuilder::grpc)). Default: true.
+    ///
+    /// ```
+    /// # use std::num::NonZeroU64;
+    /// use tollgate::http::InFlightLayer;
+    /// let layer = InFlightLayer::builder(NonZeroU64::new(2).unwrap()).grpc(false);
+    /// # let _ = layer;
+    /// ```
     pub fn grpc(mut self, on: bool) -> Self {
         self.grpc = on;
         self
     }
 
     /// Builds the layer.
+    ///
+    /// ```
+    /// # use std::num::NonZeroU64;
+    /// use tollgate::http::InFlightLayer;
+    /// assert!(InFlightLayer::builder(NonZeroU64::new(2).unwrap()).policy_name("bad\n").build().is_err());
+    /// ```
     ///
     /// # Errors
     /// [`PolicyNameError`] when the policy name is not printable ASCII.

@@ -68,11 +68,14 @@ mod headers;
 mod inflight;
 mod key;
 mod observe;
+#[cfg(feature = "config")]
+mod path_pattern;
 mod policy;
 mod proxies;
 mod responses;
 #[cfg(feature = "config")]
 mod rules;
+mod verdicts;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -9,6 +9,8 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderName, Method};
 use serde::Deserialize;
 
+use super::path_pattern::Pattern;
+
 use super::{KeyExtractor, LayerError, Policy, RateLimitLayer, RateLimitLayerBuilder, RequestInfo};
 use crate::http::Key;
 use crate::{Inherit, KeyedLimiter, Limit};
@@ -179,6 +181,11 @@ impl RuleSet {
 
     /// Reads a rule table from a file: YAML for `.yaml` / `.yml`, TOML otherwise.
     ///
+    /// ```
+    /// use tollgate::http::{ConfigError, RuleSet};
+    /// assert!(matches!(RuleSet::load("/nonexistent/rules.toml"), Err(ConfigError::Io(_))));
+    /// ```
+    ///
     /// # Errors
     /// [`ConfigError::Io`], [`ConfigError::Parse`] or [`ConfigError::Rule`].
     pub fn load(path: impl AsRef<Path>) -> Result<RuleSet, ConfigError> {
@@ -197,11 +204,26 @@ impl RuleSet {
     }
 
     /// The limit rule `name` has now.
+    ///
+    /// ```
+    /// use tollgate::http::RuleSet;
+    /// let rules = RuleSet::from_toml("[[rule]]\nname = \"api\"\nlimit = \"100/minute\"\n")?;
+    /// assert_eq!(rules.limit("api").unwrap().capacity(), 100);
+    /// assert!(rules.limit("other").is_none());
+    /// # Ok::<(), tollgate::http::ConfigError>(())
+    /// ```
     pub fn limit(&self, name: &str) -> Option<Limit> {
         self.limiters.get(name).map(|l| l.limit())
     }
 
     /// The limiter of rule `name` (to read a key's bucket).
+    ///
+    /// ```
+    /// use tollgate::http::{Key, RuleSet};
+    /// let rules = RuleSet::from_toml("[[rule]]\nname = \"all\"\nlimit = \"10/s\"\n")?;
+    /// assert_eq!(rules.limiter("all").unwrap().snapshot_key(&Key::Global).remaining(), 10);
+    /// # Ok::<(), tollgate::http::ConfigError>(())
+    /// ```
     pub fn limiter(&self, name: &str) -> Option<&Arc<KeyedLimiter<Key>>> {
         self.limiters.get(name)
     }
@@ -217,6 +239,14 @@ impl RuleSet {
     /// A layer builder with one policy per rule, for more settings (headers, failure policy,
     /// metrics labels). A table without rules gives a layer whose one policy applies to
     /// nothing.
+    ///
+    /// ```
+    /// use tollgate::http::{HeaderStyle, RuleSet};
+    /// let rules = RuleSet::from_toml("[[rule]]\nname = \"api\"\nlimit = \"100/minute\"\n")?;
+    /// let layer = rules.builder()?.headers(HeaderStyle::IetfAndLegacy).build()?;
+    /// # let _ = layer;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// [`LayerError`] for a rule name that cannot be written in the headers.
@@ -341,8 +371,9 @@ impl RuleSet {
                 limiter.set_limit(n.limit, Inherit::Keep);
                 done.limits.push(n.name.clone());
             }
-            if layer.is_policy_shadow(&n.name) != Some(n.shadow) {
-                let _ = layer.set_policy_shadow(&n.name, n.shadow);
+            if layer.is_policy_shadow(&n.name) != Some(n.shadow)
+                && layer.set_policy_shadow(&n.name, n.shadow).is_ok()
+            {
                 done.shadow.push(n.name.clone());
             }
         }
@@ -353,10 +384,29 @@ impl RuleSet {
     /// Watches `path`: every `period`, when the file's modification time or size changed,
     /// reloads it ([`reload_file`](RuleSet::reload_file)). A reload that fails is logged (a
     /// `tracing` warning) and changes nothing; the watch goes on. The thread stops when the
-    /// returned [`RuleWatcher`] drops.
+    /// returned [`RuleWatcher`] drops, or when the rules or the layer (every clone of it) are
+    /// dropped: the watch holds neither alive.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use tollgate::http::RuleSet;
+    /// let path = std::env::temp_dir().join(format!("rules-doc-{}.toml", std::process::id()));
+    /// std::fs::write(&path, "[[rule]]\nname = \"api\"\nlimit = \"100/minute\"\n")?;
+    /// let rules = Arc::new(RuleSet::load(&path)?);
+    /// let layer = rules.layer()?;
+    /// let watcher = rules.watch(&layer, &path, Duration::from_secs(1))?;
+    /// // .. serve with `layer`; edit the file; the limits follow ..
+    /// drop(watcher);
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// When the watch thread cannot be spawned.
     pub fn watch(
         self: &Arc<Self>,
-        layer: RateLimitLayer<Arc<KeyedLimiter<Key>>>,
+        layer: &RateLimitLayer<Arc<KeyedLimiter<Key>>>,
         path: impl AsRef<Path>,
         period: Duration,
     ) -> std::io::Result<RuleWatcher> {
@@ -368,6 +418,8 @@ impl RuleSet {
         };
         let mut seen = stamp(&path);
         let rules = Arc::downgrade(self);
+        // Weak: the watch must not keep the layer (and its evictor thread) alive.
+        let layer = Arc::downgrade(&layer.config);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::Builder::new()
@@ -378,7 +430,10 @@ impl RuleSet {
                 if stopped.load(std::sync::atomic::Ordering::Relaxed) {
                     break;
                 }
-                let Some(rules) = rules.upgrade() else { break };
+                let (Some(rules), Some(config)) = (rules.upgrade(), layer.upgrade()) else {
+                    break;
+                };
+                let layer = RateLimitLayer { config };
                 let now = stamp(&path);
                 if now == seen {
                     continue;
@@ -409,6 +464,7 @@ impl std::fmt::Debug for RuleSet {
 
 /// The thread of [`RuleSet::watch`]; stops it when dropped.
 #[derive(Debug)]
+#[must_use = "dropping the watcher stops the watch at once"]
 pub struct RuleWatcher {
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::Thread,
@@ -508,73 +564,4 @@ fn extractor(key: &str) -> Result<KeyExtractor, String> {
             }
         },
     })
-}
-
-/// A path pattern: segments to match exactly, `{name}` or `*` for any one segment, and a last
-/// `*` for the rest (none included: `/api/*` matches `/api`).
-#[derive(Clone, Debug)]
-struct Pattern {
-    segments: Vec<Segment>,
-    rest: bool,
-}
-
-#[derive(Clone, Debug)]
-enum Segment {
-    Exact(String),
-    Any,
-}
-
-impl Pattern {
-    fn new(pattern: &str) -> Pattern {
-        let mut segments: Vec<&str> = pattern.split('/').skip(1).collect();
-        let rest = segments.last() == Some(&"*");
-        if rest {
-            segments.pop();
-        }
-        Pattern {
-            segments: segments
-                .into_iter()
-                .map(|s| {
-                    if s == "*" || (s.starts_with('{') && s.ends_with('}')) {
-                        Segment::Any
-                    } else {
-                        Segment::Exact(s.to_string())
-                    }
-                })
-                .collect(),
-            rest,
-        }
-    }
-
-    fn matches(&self, path: &str) -> bool {
-        let mut parts = path.split('/').skip(1);
-        for segment in &self.segments {
-            match (segment, parts.next()) {
-                (Segment::Exact(want), Some(got)) if want == got => {}
-                (Segment::Any, Some(got)) if !got.is_empty() => {}
-                _ => return false,
-            }
-        }
-        self.rest || parts.next().is_none()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn patterns() {
-        let p = Pattern::new("/api/*");
-        assert!(p.matches("/api") && p.matches("/api/") && p.matches("/api/x/y"));
-        assert!(!p.matches("/apix") && !p.matches("/"));
-        let p = Pattern::new("/users/{id}/posts");
-        assert!(p.matches("/users/7/posts"));
-        assert!(!p.matches("/users//posts") && !p.matches("/users/7/posts/1"));
-        assert!(!p.matches("/users/7"));
-        let p = Pattern::new("/login");
-        assert!(p.matches("/login") && !p.matches("/login/x") && !p.matches("/logi"));
-        assert!(Pattern::new("/*").matches("/anything/at/all"));
-        assert!(Pattern::new("/*").matches("/"));
-    }
 }

@@ -85,20 +85,24 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     }
 
     /// The contract's exact peek at `key` (as `try_acquire_key(key, 0)`) ahead of a request for `n`
-    /// tokens: counted in the stats only as the denial it foretells, if it does (a grant is
-    /// counted by the take that follows).
-    pub(crate) fn peek_for<Q>(&self, key: &Q, n: u64) -> Result<Decision, InsufficientCapacity>
+    /// tokens, with the (id, tier) of the slot it was made under: counted in the stats only as
+    /// the denial it foretells, if it does (a grant is counted by the take that follows).
+    pub(crate) fn peek_for<Q>(
+        &self,
+        key: &Q,
+        n: u64,
+    ) -> Result<(Decision, (u32, u16)), InsufficientCapacity>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        let (d, _) = self.decide(key, 0)?;
+        let (d, tag) = self.decide(key, 0)?;
         if let Some(c) = &self.counters {
             if d.remaining() < n && n <= d.capacity() {
                 c.decided(false);
             }
         }
-        Ok(d)
+        Ok((d, tag))
     }
 
     /// One call on `key`: the decision, and the (id, tier) of the slot of the bucket that made

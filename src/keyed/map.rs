@@ -197,8 +197,7 @@ mod papaya_map {
         }
 
         /// Visits every entry; where `kill` tombstones the cell (returns true), removes the
-        /// entry. `kill` gets the entry's key too (to move it to a new limit). Returns how
-        /// many entries this call removed.
+        /// entry. `kill` gets the entry's key too. Returns how many entries this call removed.
         pub(crate) fn sweep(&self, mut kill: impl FnMut(&Probe<'_, K>, &Entry) -> bool) -> usize {
             let mut removed = 0;
             for (key, entry) in self.map.iter(&self.guard) {

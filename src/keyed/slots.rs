@@ -236,9 +236,12 @@ impl<K, S> KeyedLimiter<K, S> {
     /// from there, exactly like a bucket that was full at the change.
     ///
     /// Changes never run out: a replaced limit is kept (a few hundred bytes) only while a
-    /// key's bucket, not yet moved, still names it; sweeps move the buckets they look at, and
-    /// eviction removes idle ones, so a limiter reconfigured every second keeps only the
-    /// limits of its last sweep periods. Setting the limit already in force with
+    /// key's bucket, not yet moved, still holds it. A bucket moves on its next call; an
+    /// untouched one is evicted by the first sweep after it is full again (a bucket a change
+    /// left full is evicted at once). So the limits kept are those of the changes within about
+    /// the limit's time to fill plus a sweep period: a handful for a limiter changed every
+    /// second with a per-second or per-minute limit; up to one per change within a day for a
+    /// per-day limit changed as often. Setting the limit already in force with
     /// [`Inherit::Keep`] or [`Inherit::Proportional`] changes nothing. The HTTP layer's
     /// `RateLimit-Policy` follows: each response describes the limit its decision was made
     /// under.

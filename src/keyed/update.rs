@@ -107,7 +107,9 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
     /// `n`) and refusing nothing: for a cost known only once the work is done (bytes sent,
     /// tokens a model generated). The decision is allowed and shows what is left: 0 when the
     /// charge took more than there was, so the key's next requests wait for the refill. A new
-    /// key at the key cap (answered by the shared overflow bucket) is not charged.
+    /// key at the key cap is charged on the shared overflow bucket that answers it
+    /// ([`AtCapacity::Overflow`](crate::AtCapacity::Overflow)); under
+    /// [`AtCapacity::Deny`](crate::AtCapacity::Deny) it is denied anyway.
     ///
     /// ```
     /// use tollgate::{KeyedLimiter, Limit};
@@ -173,10 +175,16 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
             // Not full, or the op takes: the change must be recorded, so create the bucket (an
             // exact peek) and go again; a bucket evicted meanwhile is created again. At the key
             // cap nothing is created and the answer is computed as above.
-            inserted = matches!(
-                self.first_touch(shard, &pinned, &probe, 0, now),
-                super::first_touch::Touch::Full(_)
-            );
+            if let super::first_touch::Touch::Full(_) =
+                self.first_touch(shard, &pinned, &probe, 0, now)
+            {
+                if out.tokens < tokens && self.at_capacity == super::AtCapacity::Overflow {
+                    // A new key at the key cap draws on the shared overflow bucket: a charge
+                    // after the fact goes there.
+                    return self.overflow.with(|b| b.update(n, op));
+                }
+                inserted = true;
+            }
         }
     }
 }
