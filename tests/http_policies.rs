@@ -440,3 +440,34 @@ async fn a_refused_request_takes_nothing() {
     assert_eq!(got.header("retry-after"), None);
     assert_eq!(members(&got, "ratelimit").len(), 2);
 }
+
+/// A request whose response future is dropped before it answers (a timeout, a client gone)
+/// gives back what it took; one that completes keeps it.
+#[tokio::test]
+async fn a_request_dropped_before_its_answer_gives_back() {
+    use tower::{Layer, Service};
+    let clock = ManualClock::new();
+    let limiter = keyed(&clock, 3, 60);
+    let layer = RateLimitLayer::builder(limiter.clone())
+        .key(KeyExtractor::api_key())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(tower::service_fn(
+        |_req: http::Request<http_body_util::Full<Bytes>>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(
+                http_body_util::Full::<Bytes>::default(),
+            ))
+        },
+    ));
+    let req = || {
+        http::Request::get("/")
+            .header("x-api-key", "a")
+            .body(http_body_util::Full::default())
+            .unwrap()
+    };
+    drop(svc.call(req()));
+    assert_eq!(limiter.snapshot_key(&key("a")).remaining(), 3, "given back");
+    let res = svc.call(req()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(limiter.snapshot_key(&key("a")).remaining(), 2, "kept");
+}

@@ -40,7 +40,9 @@ pub trait Backend: Send + Sync + 'static {
     fn acquire(&self, key: &Key, cost: u64) -> Self::Future;
 
     /// Looks at `key`'s bucket ahead of a request for `cost` tokens, taking nothing (a layer of
-    /// several policies looks at all before taking from any). Default: `acquire(key, 0)`.
+    /// several policies looks at all before taking from any). The answer is the bucket as it
+    /// is (the layer compares `remaining` and `capacity` with `cost` itself), so it should not
+    /// refuse a cost above the capacity. Default: `acquire(key, 0)`.
     fn peek(&self, key: &Key, cost: u64) -> Self::Future {
         let _ = cost;
         self.acquire(key, 0)

@@ -44,11 +44,26 @@ pin_project! {
     {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            // Dropped while its policies were being asked (the client went away): what was
-            // taken so far goes back, as for a refusal.
-            if let (false, Some(config)) = (this.run.settled, this.config.as_ref()) {
-                give_back(config, &this.run.ledger);
+            // Dropped while its policies were being asked (the client went away, a timeout):
+            // what was taken so far goes back, as for a refusal.
+            let (false, Some(config)) = (this.run.settled, this.config.as_ref()) else {
+                return;
+            };
+            // A take whose answer was never polled (an in-memory backend takes when asked):
+            // poll it once now, and give back a grant.
+            if let StateProj::Checking { check, at, .. } = this.state.project() {
+                if at.mode == Mode::Take {
+                    let mut cx = Context::from_waker(std::task::Waker::noop());
+                    if let Poll::Ready(Ok(Ok(d))) = check.poll(&mut cx) {
+                        if let Some(e) = this.run.ledger.get_mut(at.at) {
+                            if d.is_allowed() && e.took.is_none() {
+                                e.took = Some(d);
+                            }
+                        }
+                    }
+                }
             }
+            give_back(config, &this.run.ledger);
         }
     }
 }
@@ -180,8 +195,8 @@ pub(super) enum Refusal {
         decision: Option<Decision>,
         wait: Option<Duration>,
     },
-    /// An answer already made (no key, no peer address, the backend failed closed); the other
-    /// policies are not asked.
+    /// An answer already made (no key, no peer address, the backend failed closed): it stands
+    /// over any quota denial, and the policies after it are not asked.
     Answer(Response<Bytes>),
 }
 
@@ -342,7 +357,7 @@ where
 }
 
 /// Gives back what the ledger's entries took (an undo each).
-fn give_back<B: Backend>(config: &Config<B>, ledger: &Ledger) {
+pub(super) fn give_back<B: Backend>(config: &Config<B>, ledger: &Ledger) {
     for e in ledger.iter() {
         if let Some(took) = &e.took {
             config.policies[e.policy].backend.undo(&e.key, e.cost, took);

@@ -51,8 +51,8 @@
 //!   as Envoy's near-limit counter); `denied`; `shadow_denied` (refused in shadow mode, let
 //!   through); `error` (the backend failed); `no_key` (no key, or no peer address).
 //!
-//! A request counts once per policy that decided it (a policy only looked at after another
-//! refused, for the headers, does not count). `tollgate_http_would_deny_total{policy}` counts
+//! A request counts once per policy that decided it: a policy that would refuse counts when it
+//! is looked at, one that grants when it is taken from (so not in a request another refused). `tollgate_http_would_deny_total{policy}` counts
 //! shadow-mode passes. Each decision is also a `tracing` event at debug level (policy,
 //! outcome, tier, route, remaining, capacity, wait; never the key, which may be a secret). The
 //! `prometheus` example serves the counters on `/metrics`.

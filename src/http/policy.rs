@@ -12,9 +12,10 @@ use super::{Backend, HeaderStyle, InfoFn, KeyExtractor, MissingKey, PolicyNameEr
 /// One more limit for a [`RateLimitLayer`](super::RateLimitLayer), counted on its own key:
 /// e.g. per IP 100/min **and** per API key 1000/min **and** a global 50 k/s, in one layer.
 ///
-/// The layer asks every policy in order; a request passes only if all grant it
-/// (all-or-nothing): when one refuses, the tokens the others took are given back as an undo
-/// ([contract §2](crate::contract::bucket)), so a refused request consumes from none. Each
+/// A request passes only if every policy that applies grants it (all or nothing): the layer
+/// first looks at each (nothing taken), and refuses with nothing taken anywhere if any would
+/// refuse; then it takes from each in order, and a take that lost a race since its look gives
+/// back what the others took, as an undo ([contract §2](crate::contract::bucket)). Each
 /// policy is a member of the `RateLimit` and `RateLimit-Policy` lists, and a 429 carries the
 /// longest `Retry-After` of the policies that refuse.
 ///

@@ -26,7 +26,8 @@ fn in_shadow<B>(config: &Config<B>, run: &Run, i: usize) -> bool {
 }
 
 /// A refusal by policy `i`: the longest wait of the refusing policies (`None`, no
-/// `Retry-After`, once any refuses a cost above its capacity); the first refuser names it.
+/// `Retry-After`, once any refuses a cost above its capacity); the first refuser names it. An
+/// answer already made (no key, a fail-closed backend) stays.
 fn refuse(run: &mut Run, i: usize, decision: Option<Decision>, wait: Option<std::time::Duration>) {
     match &mut run.refusal {
         Some(Refusal::Denied { wait: longest, .. }) => {
@@ -35,7 +36,8 @@ fn refuse(run: &mut Run, i: usize, decision: Option<Decision>, wait: Option<std:
                 _ => None,
             };
         }
-        _ => {
+        Some(Refusal::Answer(_)) => {}
+        None => {
             run.refusal = Some(Refusal::Denied {
                 policy: i,
                 decision,
@@ -91,16 +93,17 @@ pub(super) fn looked<B: Backend>(
     };
     match verdict {
         Ok(Ok(d)) if d.is_degraded() => {
-            // A failure policy answered without the store.
-            if shadow || d.is_allowed() {
-                if d.is_denied() {
+            // A failure policy answered without the store: an allowance is taken (and counted)
+            // in phase two like any other; a denial refuses, or in shadow mode lets through.
+            if d.is_denied() {
+                if shadow {
                     config.observe(i, Outcome::ShadowDenied, None, route.as_ref());
                     run.shadowed.push((i, "backend failure policy"));
+                    entry.skip = true;
+                } else {
+                    config.observe(i, Outcome::Error, None, route.as_ref());
+                    run.refusal = Some(Refusal::Answer(degraded_denial()));
                 }
-                entry.skip = true;
-            } else {
-                config.observe(i, Outcome::Error, None, route.as_ref());
-                run.refusal = Some(Refusal::Answer(degraded_denial()));
             }
         }
         Ok(Ok(d)) => {
@@ -237,11 +240,7 @@ pub(super) fn charged<B: Backend>(
     match charge {
         Charge::Keep => None,
         Charge::Undo => {
-            for e in ledger.iter() {
-                if let Some(took) = &e.took {
-                    config.policies[e.policy].backend.undo(&e.key, e.cost, took);
-                }
-            }
+            super::future::give_back(config, ledger);
             None
         }
         Charge::Extra(n) => {
