@@ -58,6 +58,10 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
                     },
                 );
                 std::mem::forget(unseal);
+                // The old entry holds its slot, and through it every slot since: hand it to the
+                // collector now rather than when a batch fills, so replaced limits are freed
+                // promptly (a cold path: once per key per change).
+                pinned.flush();
                 return;
             }
         }

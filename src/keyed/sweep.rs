@@ -37,6 +37,10 @@ impl<K: Hash + Eq, S: BuildHasher> KeyedLimiter<K, S> {
             under.is_evictable(now_word, step_of.1) && entry.cell.tombstone(word)
         });
         self.removed(removed);
+        if removed > 0 {
+            // Removed entries hold their slots (and every slot since): let them go promptly.
+            pinned.flush();
+        }
         // Relaxed: pacing only.
         let left = pinned.len();
         shard
