@@ -32,6 +32,10 @@ pub(super) struct Denied {
     /// Server time (Unix ns) at which the requested tokens are there.
     pub(super) until: u64,
     pub(super) n: u64,
+    /// Which of the key's limits denied (0: its tier's), under which table of limits (a
+    /// denial made under limits since replaced is not answered from here).
+    pub(super) which: usize,
+    pub(super) generation: u64,
 }
 
 impl Denied {
@@ -158,6 +162,8 @@ mod tests {
             seen: Instant::now(),
             until,
             n: 1,
+            which: 0,
+            generation: 0,
         }
     }
 

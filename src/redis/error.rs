@@ -36,9 +36,16 @@ pub enum RedisLimitError {
         /// The time given, in microseconds.
         now_us: u64,
     },
-    /// The server runs in cluster mode, which this client does not follow (no `MOVED` / `ASK`
-    /// redirects): keys on other nodes would fail. Connect to a single-node server.
+    /// The server given to [`RedisLimiter::builder`](super::RedisLimiter::builder) runs in
+    /// cluster mode, where a single-node client would fail every key another node owns: use
+    /// [`RedisLimiter::cluster`](super::RedisLimiter::cluster).
     ClusterUnsupported,
+    /// A tier past the last one given to
+    /// [`RedisLimiterBuilder::tiers`](super::RedisLimiterBuilder::tiers).
+    UnknownTier {
+        /// The tier asked for.
+        tier: usize,
+    },
 }
 
 impl fmt::Display for RedisLimitError {
@@ -59,9 +66,10 @@ impl fmt::Display for RedisLimitError {
             }
             RedisLimitError::ClusterUnsupported => write!(
                 f,
-                "the redis server runs in cluster mode; tollgate's Redis client is single-node \
-                 (it follows no MOVED/ASK redirect): connect to a single-node server"
+                "the redis server runs in cluster mode: connect with RedisLimiter::cluster, which \
+                 follows MOVED/ASK redirects"
             ),
+            RedisLimitError::UnknownTier { tier } => write!(f, "no tier {tier}"),
         }
     }
 }
@@ -112,6 +120,9 @@ pub enum UnsupportedLimit {
         /// The reduced denominator, in microseconds.
         b_us: u64,
     },
+    /// [`Inherit::Proportional`](crate::Inherit::Proportional) on a limit change: the script
+    /// cannot scale tokens exactly (it needs 64-bit products); use `Keep` or `Reset`.
+    ProportionalInherit,
 }
 
 impl fmt::Display for UnsupportedLimit {
@@ -128,6 +139,10 @@ impl fmt::Display for UnsupportedLimit {
             UnsupportedLimit::RateTooFine { a, b_us } => {
                 write!(f, "the reduced rate {a}/{b_us} us multiplies past 2^52")
             }
+            UnsupportedLimit::ProportionalInherit => write!(
+                f,
+                "proportional tokens on a limit change (the Redis script keeps or resets them)"
+            ),
         }
     }
 }

@@ -1,20 +1,36 @@
 //! Distributed limits on Redis (feature `redis`): the same bucket and the same decisions,
 //! shared by many processes through one Redis key per user key ([contract §4](crate::contract::redis)).
 //!
-//! One Lua script ([`SCRIPT`]) does refill and acquire atomically on the server, in one round
-//! trip (`EVALSHA`; a `NOSCRIPT` answer reloads it). Time is the server's `TIME`, so clients'
-//! clocks do not matter. Steps count from the Unix epoch, one epoch for every process. The key
-//! expires when its bucket would be full again (a full bucket and a missing one are the same),
-//! and the script touches only `KEYS[1]`, named `prefix{key}`, so the script itself is
-//! Cluster-safe. The client is single-node: it follows no `MOVED` / `ASK` redirect and no
-//! Sentinel failover, so [`RedisLimiterBuilder::connect`] refuses a server in cluster mode
-//! ([`RedisLimitError::ClusterUnsupported`]) rather than erroring (or, under
-//! [`OnFailure::FailOpen`], silently not limiting) every key another node owns.
+//! One Lua script ([`SCRIPT`]) does refill and the call (acquire, snapshot, refund, undo,
+//! charge, lease) atomically on the server, in one round trip (`EVALSHA`; a `NOSCRIPT` answer
+//! reloads it), on one limit or on several all-or-nothing. Time is the server's `TIME`, so
+//! clients' clocks do not matter. Steps count from the Unix epoch, one epoch for every
+//! process. The key expires when its buckets would be full again (a full bucket and a missing
+//! one are the same), and the script touches only `KEYS[1]`, named `prefix{key}`, so it runs on
+//! Redis Cluster: [`RedisLimiter::cluster`] follows `MOVED` / `ASK` and a failover;
+//! [`RedisLimiter::sentinel`] finds the master through Sentinel, and finds it again after a
+//! failover.
+//!
+//! The API is the in-memory limiter's, over the network: [`try_acquire`](RedisLimiter::try_acquire),
+//! [`snapshot`](RedisLimiter::snapshot), [`refund`](RedisLimiter::refund),
+//! [`charge`](RedisLimiter::charge), [`reserve`](RedisLimiter::reserve) and
+//! [`RedisReservation::cancel`] (an undo), several limits per key
+//! ([`RedisLimiterBuilder::also`], [`try_acquire_all`](RedisLimiter::try_acquire_all)), tiers
+//! and live limit changes ([`set_limit`](RedisLimiter::set_limit)), many keys in one round trip
+//! ([`try_acquire_many`](RedisLimiter::try_acquire_many)), and leasing
+//! ([`RedisLimiter::leased`]: tokens taken in batches and spent locally, at memory speed).
 //!
 //! Memory policy: a bucket key evicted under `maxmemory` comes back full (an early reset that
 //! can admit more than the limit). `connect` logs a warning when the server's
 //! `maxmemory-policy` is not `noeviction`; give rate-limit keys a Redis whose memory suffices,
 //! or `noeviction`.
+//!
+//! What a lost master costs: Redis replicates asynchronously, so a master that dies loses the
+//! writes its replica had not received (typically the last milliseconds). Buckets on it go
+//! back to that older state, or to full for keys it had not replicated at all: up to the
+//! tokens spent in that window may be granted again. Until the failover completes (Cluster:
+//! about `cluster-node-timeout` plus an election; Sentinel: `down-after-milliseconds` plus an
+//! election), calls on its keys answer by the [`OnFailure`] policy within the timeout.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
@@ -31,25 +47,33 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-
 use crate::decision::{Decision, InsufficientCapacity};
 use crate::limit::Limit;
+use crate::multi::MultiDecision;
 use crate::state::{self, Outcome};
-use crate::steps::{self, Steps};
+use crate::sync::ArcCell;
 
+#[cfg(feature = "http")]
+mod backend;
+mod builder;
+mod conn;
 mod denials;
 mod error;
+mod lease;
+mod limits;
+mod ops;
 
+pub use builder::RedisLimiterBuilder;
 pub use error::{Outage, RedisLimitError, UnsupportedLimit};
+pub use lease::{LeaseConfig, LeaseStats, LeasedLimiter};
+pub use ops::RedisReservation;
 
+use conn::Conn;
 use denials::{DenialCache, Denied};
+use limits::{Table, LUA_EXACT};
 
 /// The Lua script, as loaded into Redis.
 pub const SCRIPT: &str = include_str!("limiter.lua");
-
-/// Every number the script handles stays below this (Lua numbers are doubles).
-const LUA_EXACT: u64 = 1 << 52;
 
 /// What a call does when Redis does not answer in time (or at all).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -64,18 +88,18 @@ pub enum OnFailure {
     ReturnError,
 }
 
-/// A Redis-backed limiter: every key's bucket lives in Redis, shared by all processes that use
-/// the same URL, limit and prefix. Cloning is cheap: clones share the connection, the script
-/// and the denial cache.
+/// Picks a key's tier.
+type TierOf = Arc<dyn Fn(&[u8]) -> usize + Send + Sync>;
+
+/// A Redis-backed limiter: every key's buckets live in Redis, shared by all processes that use
+/// the same Redis, limits and prefix. Cloning is cheap: clones share the connection, the
+/// script, the limits in force and the denial cache.
 #[derive(Clone)]
 pub struct RedisLimiter {
-    con: ConnectionManager,
+    con: Conn,
     script: Arc<redis::Script>,
-    limit: Limit,
-    steps: Steps,
-    /// a and b in microseconds (the script's units).
-    a: u64,
-    b_us: u64,
+    table: Arc<ArcCell<Table>>,
+    tier_of: Option<TierOf>,
     prefix: Arc<[u8]>,
     timeout: Duration,
     on_failure: OnFailure,
@@ -90,163 +114,129 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl fmt::Debug for RedisLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let table = self.table.load();
         f.debug_struct("RedisLimiter")
-            .field("limit", &self.limit)
+            .field(
+                "tiers",
+                &table.tiers.iter().map(|l| l.limit).collect::<Vec<_>>(),
+            )
+            .field(
+                "also",
+                &table.also.iter().map(|l| l.limit).collect::<Vec<_>>(),
+            )
             .field("prefix", &String::from_utf8_lossy(&self.prefix))
             .field("timeout", &self.timeout)
             .field("on_failure", &self.on_failure)
-            .finish()
-    }
-}
-
-/// Builds a [`RedisLimiter`]. From [`RedisLimiter::builder`].
-pub struct RedisLimiterBuilder {
-    client: Result<redis::Client, redis::RedisError>,
-    limit: Limit,
-    prefix: Vec<u8>,
-    timeout: Duration,
-    on_failure: OnFailure,
-    denial_cache: Option<usize>,
-}
-
-impl fmt::Debug for RedisLimiterBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisLimiterBuilder")
-            .field("limit", &self.limit)
-            .field("prefix", &String::from_utf8_lossy(&self.prefix))
-            .field("timeout", &self.timeout)
-            .field("on_failure", &self.on_failure)
-            .field("denial_cache", &self.denial_cache)
             .finish_non_exhaustive()
     }
 }
 
-impl RedisLimiterBuilder {
-    /// The per-call timeout (default 50 ms): past it, [`OnFailure`] applies.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
+/// One script call: the op, its tokens, and an undo to run first.
+#[derive(Clone, Copy, Debug)]
+struct Call<'a> {
+    /// `"a"` acquire, `"r"` refund, `"c"` charge, `"l"` lease, `"u"` only the undo.
+    op: &'static str,
+    n: u64,
+    now_us: Option<u64>,
+    /// Lease size (op `"l"`).
+    lease: u64,
+    /// Tokens to undo first, taken at `taken` (one mark per limit).
+    undo: u64,
+    taken: &'a [u64],
+}
 
-    /// What a call does when Redis fails (default [`OnFailure::ReturnError`]).
-    pub fn on_failure(mut self, on_failure: OnFailure) -> Self {
-        self.on_failure = on_failure;
-        self
-    }
-
-    /// Deny keys locally, with no round trip, until the time Redis said they may retry; hold
-    /// about `max_keys` of them (rounded up to a multiple of 16: the cache has 16 shards) (`None`: off, the default). That time is the server's,
-    /// advanced by this process's monotonic clock: the client's wall clock plays no part.
-    pub fn denial_cache(mut self, max_keys: Option<usize>) -> Self {
-        self.denial_cache = max_keys;
-        self
-    }
-
-    /// Connects (a multiplexed connection that reconnects by itself).
-    ///
-    /// # Errors
-    /// [`RedisLimitError::UnsupportedLimit`] when the limit needs what the script cannot do
-    /// exactly (an interval that is not whole microseconds, more than one token per
-    /// microsecond, or a rate whose reduced numbers multiply past 2^52);
-    /// [`RedisLimitError::InvalidUrl`] for a URL that is not Redis's;
-    /// [`RedisLimitError::Unavailable`] when the first connection fails within four timeouts
-    /// (at least 400 ms); [`RedisLimitError::ClusterUnsupported`] for a server in cluster mode.
-    pub async fn connect(self) -> Result<RedisLimiter, RedisLimitError> {
-        let limit = self.limit;
-        let steps = *limit.steps();
-        if !steps.b.is_multiple_of(1000) {
-            return Err(RedisLimitError::UnsupportedLimit(
-                UnsupportedLimit::SubMicrosecondStep {
-                    interval: limit.refill_interval(),
-                    amount: limit.refill_amount(),
-                },
-            ));
+impl Call<'_> {
+    fn new(op: &'static str, n: u64, now_us: Option<u64>) -> Call<'static> {
+        Call {
+            op,
+            n,
+            now_us,
+            lease: 0,
+            undo: 0,
+            taken: &[],
         }
-        let (a, b_us) = (steps.a, steps.b / 1000);
-        let g = steps::gcd(a, b_us);
-        let (a, b_us) = (a / g, b_us / g);
-        if a > b_us {
-            return Err(RedisLimitError::UnsupportedLimit(
-                UnsupportedLimit::FasterThanOnePerMicrosecond,
-            ));
-        }
-        if a.checked_mul(b_us).is_none_or(|ab| ab >= LUA_EXACT) {
-            return Err(RedisLimitError::UnsupportedLimit(
-                UnsupportedLimit::RateTooFine { a, b_us },
-            ));
-        }
-        let client = self.client.map_err(RedisLimitError::InvalidUrl)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let wait = self.timeout.max(Duration::from_millis(100)) * 4;
-        let con = tokio::time::timeout(wait, ConnectionManager::new_with_config(client, config))
-            .await
-            .map_err(|_| RedisLimitError::Unavailable(Outage::Timeout(wait)))?
-            .map_err(|e| RedisLimitError::Unavailable(Outage::Redis(e)))?;
-        check_server(&con, self.timeout).await?;
-        Ok(RedisLimiter {
-            con,
-            script: Arc::new(redis::Script::new(SCRIPT)),
-            limit,
-            steps,
-            a,
-            b_us,
-            prefix: self.prefix.into(),
-            timeout: self.timeout,
-            on_failure: self.on_failure,
-            denials: self.denial_cache.map(|cap| Arc::new(DenialCache::new(cap))),
-            degraded_logged: Arc::new((
-                std::sync::atomic::AtomicU64::new(0),
-                std::time::Instant::now(),
-            )),
-        })
     }
 }
 
-/// What `connect` checks of the server: cluster mode (refused) and an evicting memory policy
-/// (a warning). A server that refuses `INFO` or `CONFIG` (a restricted ACL) passes.
-async fn check_server(con: &ConnectionManager, timeout: Duration) -> Result<(), RedisLimitError> {
-    let mut con = con.clone();
-    let wait = timeout.max(Duration::from_millis(100)) * 4;
-    let info = tokio::time::timeout(
-        wait,
-        redis::cmd("INFO")
-            .arg("cluster")
-            .query_async::<String>(&mut con),
-    )
-    .await;
-    if let Ok(Ok(info)) = info {
-        if info.lines().any(|l| l.trim() == "cluster_enabled:1") {
-            return Err(RedisLimitError::ClusterUnsupported);
+/// What the script answered, with the limits it ran under.
+#[derive(Clone, Debug)]
+struct Reply {
+    allowed: bool,
+    now_us: u64,
+    /// Tokens leased (op `"l"`).
+    taken: u64,
+    /// Tokens the undo gave back (the least over the limits).
+    given: u64,
+    /// Tokens and mark after the call, per limit.
+    buckets: Vec<(u64, u64)>,
+    table: Arc<Table>,
+    tier: usize,
+}
+
+impl Reply {
+    /// Every limit's decision for `n` tokens, and which one speaks for the call: a denial's
+    /// first denying limit, else the limit with the fewest tokens left.
+    fn decide(&self, n: u64) -> MultiDecision {
+        let now_ns = self.now_us.saturating_mul(1000);
+        let mut best: Option<MultiDecision> = None;
+        for (index, (limit, &(tokens, mark))) in
+            self.table.limits(self.tier).zip(&self.buckets).enumerate()
+        {
+            let allowed = self.allowed || tokens >= n;
+            let out = Outcome {
+                allowed,
+                tokens,
+                mark,
+                write: None,
+            };
+            let decision = Decision::new(&limit.steps, &out, n, now_ns, 0);
+            if !allowed {
+                return MultiDecision { decision, index };
+            }
+            if best.is_none_or(|b| tokens < b.decision.remaining()) {
+                best = Some(MultiDecision { decision, index });
+            }
         }
+        best.unwrap_or_else(|| unreachable!("a key has at least one limit"))
     }
-    let policy = tokio::time::timeout(
-        wait,
-        redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("maxmemory-policy")
-            .query_async::<Vec<String>>(&mut con),
-    )
-    .await;
-    if let Ok(Ok(pair)) = policy {
-        if let Some(policy) = pair.get(1).filter(|p| p.as_str() != "noeviction") {
-            tracing::warn!(
-                policy = %policy,
-                "tollgate: this redis server may evict keys when it reaches maxmemory; an \
-                 evicted bucket comes back full (an early reset): use noeviction, or enough \
-                 memory"
-            );
+
+    /// A snapshot's answer to "would `n` tokens be granted": the first limit with fewer than
+    /// `n` tokens, else the one with the fewest (the decisions are the snapshot's).
+    fn peek(&self, n: u64) -> MultiDecision {
+        let all = self.decide(0);
+        let now_ns = self.now_us.saturating_mul(1000);
+        for (index, (limit, &(tokens, mark))) in
+            self.table.limits(self.tier).zip(&self.buckets).enumerate()
+        {
+            if tokens < n {
+                let out = Outcome {
+                    allowed: true,
+                    tokens,
+                    mark,
+                    write: None,
+                };
+                let decision = Decision::new(&limit.steps, &out, 0, now_ns, 0);
+                return MultiDecision { decision, index };
+            }
         }
+        all
     }
-    Ok(())
+
+    /// The marks after the call, one per limit (what an undo of this call's take needs).
+    fn marks(&self) -> Vec<u64> {
+        self.buckets.iter().map(|&(_, m)| m).collect()
+    }
+}
+
+/// A script call's result: Redis's answer, or a decision made without it.
+enum Answer {
+    Redis(Reply),
+    Degraded(Decision),
 }
 
 impl RedisLimiter {
-    /// Connects with the defaults (50 ms timeout, errors returned, no denial cache).
-    /// `url` is a `redis://` or `unix://` URL; keys are named `prefix{key}`.
+    /// Connects to one server with the defaults (50 ms timeout, errors returned, no denial
+    /// cache). `url` is a `redis://` or `unix://` URL; keys are named `prefix{key}`.
     ///
     /// # Errors
     /// As [`RedisLimiterBuilder::connect`].
@@ -260,25 +250,86 @@ impl RedisLimiter {
             .await
     }
 
-    /// A builder for the timeout, the failure policy and the denial cache.
+    /// A builder for one server (`redis://` or `unix://` URL).
+    ///
+    /// ```
+    /// # use tollgate::{redis::RedisLimiter, Limit};
+    /// let b = RedisLimiter::builder("redis://127.0.0.1/", Limit::per_second(5)?, "rl:");
+    /// # let _ = b; Ok::<(), tollgate::LimitError>(())
+    /// ```
     pub fn builder(url: &str, limit: Limit, key_prefix: &str) -> RedisLimiterBuilder {
-        RedisLimiterBuilder {
-            client: redis::Client::open(url),
-            limit,
-            prefix: key_prefix.as_bytes().to_vec(),
-            timeout: Duration::from_millis(50),
-            on_failure: OnFailure::default(),
-            denial_cache: None,
-        }
+        RedisLimiterBuilder::single(url, limit, key_prefix)
     }
 
-    /// The limit every key gets.
-    pub fn limit(&self) -> &Limit {
-        &self.limit
+    /// A builder for a Redis Cluster, from one or more of its nodes (`redis://host:port`): the
+    /// client learns the slot map, follows `MOVED` / `ASK` redirects, and refreshes the map
+    /// after a failover.
+    ///
+    /// ```
+    /// # use tollgate::{redis::RedisLimiter, Limit};
+    /// let b = RedisLimiter::cluster(&["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"],
+    ///     Limit::per_second(5)?, "rl:");
+    /// # let _ = b; Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn cluster(nodes: &[&str], limit: Limit, key_prefix: &str) -> RedisLimiterBuilder {
+        RedisLimiterBuilder::cluster(nodes, limit, key_prefix)
+    }
+
+    /// A builder for the master that Sentinel names `master`, found through `sentinels`
+    /// (`redis://host:port` of the sentinels). After a failed call the sentinels are asked
+    /// again, in the background, and calls move to the new master once it is found.
+    ///
+    /// ```
+    /// # use tollgate::{redis::RedisLimiter, Limit};
+    /// let b = RedisLimiter::sentinel(&["redis://127.0.0.1:26379"], "mymaster",
+    ///     Limit::per_second(5)?, "rl:");
+    /// # let _ = b; Ok::<(), tollgate::LimitError>(())
+    /// ```
+    pub fn sentinel(
+        sentinels: &[&str],
+        master: &str,
+        limit: Limit,
+        key_prefix: &str,
+    ) -> RedisLimiterBuilder {
+        RedisLimiterBuilder::sentinel(sentinels, master, limit, key_prefix)
+    }
+
+    /// The limit of tier 0 in force.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
+    /// # use tollgate::{redis::RedisLimiter, Limit};
+    /// let limiter = RedisLimiter::new("redis://127.0.0.1/", Limit::per_second(5)?, "rl:").await?;
+    /// assert_eq!(limiter.limit(), Limit::per_second(5)?);
+    /// # Ok(()) }
+    /// ```
+    pub fn limit(&self) -> Limit {
+        self.table.with(|t| t.tiers[0].limit)
+    }
+
+    /// The limit of `tier` in force (`None` past the last tier).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
+    /// # use tollgate::{redis::RedisLimiter, Limit};
+    /// let limiter = RedisLimiter::new("redis://127.0.0.1/", Limit::per_second(5)?, "rl:").await?;
+    /// assert_eq!(limiter.tier_limit(1), None);
+    /// # Ok(()) }
+    /// ```
+    pub fn tier_limit(&self, tier: usize) -> Option<Limit> {
+        self.table.with(|t| t.tiers.get(tier).map(|l| l.limit))
     }
 
     /// The Redis key of a user key: `prefix{key}` (the braces make it its own Cluster hash
     /// slot tag).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
+    /// # use tollgate::{redis::RedisLimiter, Limit};
+    /// let limiter = RedisLimiter::new("redis://127.0.0.1/", Limit::per_second(5)?, "rl:").await?;
+    /// assert_eq!(limiter.redis_key(b"ann"), b"rl:{ann}");
+    /// # Ok(()) }
+    /// ```
     pub fn redis_key(&self, key: &[u8]) -> Vec<u8> {
         let mut k = Vec::with_capacity(self.prefix.len() + key.len() + 2);
         k.extend_from_slice(&self.prefix);
@@ -288,18 +339,43 @@ impl RedisLimiter {
         k
     }
 
-    /// Takes `n` tokens from `key`'s bucket in Redis if they are there, on the server's clock.
+    /// The tier of `key`.
+    fn tier(&self, key: &[u8]) -> usize {
+        self.tier_of.as_ref().map_or(0, |f| f(key))
+    }
+
+    /// Takes `n` tokens from `key`'s buckets in Redis if they are there, on the server's clock.
+    /// With several limits ([`RedisLimiterBuilder::also`]) the decision is the one
+    /// [`try_acquire_all`](RedisLimiter::try_acquire_all) reports.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
+    /// # use tollgate::{redis::RedisLimiter, Limit};
+    /// let limiter = RedisLimiter::new("redis://127.0.0.1/", Limit::per_second(5)?, "rl:").await?;
+    /// let d = limiter.try_acquire(b"ann", 2).await?;
+    /// assert!(d.is_allowed());
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`RedisLimitError::InsufficientCapacity`] for `n` above the capacity (no round trip);
     /// [`RedisLimitError::Unavailable`] when Redis fails and the policy is
     /// [`OnFailure::ReturnError`].
     pub async fn try_acquire(&self, key: &[u8], n: u64) -> Result<Decision, RedisLimitError> {
-        self.call(key, n, None).await
+        Ok(self.try_acquire_all(key, n).await?.decision)
     }
 
     /// As [`try_acquire`](RedisLimiter::try_acquire), at an explicit time (microseconds since the
     /// Unix epoch) instead of the server's: for deterministic tests. Sets no expiry.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
+    /// # use tollgate::{redis::RedisLimiter, Limit};
+    /// let limiter = RedisLimiter::new("redis://127.0.0.1/", Limit::per_second(5)?, "t:").await?;
+    /// let d = limiter.try_acquire_at(b"ann", 5, 1_700_000_000_000_000).await?;
+    /// assert_eq!(d.remaining(), 0);
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`try_acquire`](RedisLimiter::try_acquire), and
@@ -310,81 +386,149 @@ impl RedisLimiter {
         n: u64,
         now_us: u64,
     ) -> Result<Decision, RedisLimitError> {
-        if now_us >= LUA_EXACT {
-            return Err(RedisLimitError::TimeOutOfRange { now_us });
-        }
-        self.call(key, n, Some(now_us)).await
+        Ok(self.try_acquire_all_at(key, n, now_us).await?.decision)
     }
 
-    async fn call(
+    /// Takes `n` tokens from every limit of `key` (its tier's and those given to
+    /// [`also`](RedisLimiterBuilder::also)), or from none: checked and taken in one script
+    /// call. The decision is the first denying limit's, or for a grant the limit with the
+    /// fewest tokens left; `index` says which (0: the tier's limit).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
+    /// # use tollgate::{redis::RedisLimiter, Limit};
+    /// let limiter = RedisLimiter::builder("redis://127.0.0.1/", Limit::per_second(10)?, "rl:")
+    ///     .also([Limit::per_hour(12)?])
+    ///     .connect()
+    ///     .await?;
+    /// let d = limiter.try_acquire_all(b"ann", 1).await?;
+    /// if !d.is_allowed() {
+    ///     println!("limit #{} refused; retry in {:?}", d.index, d.decision.retry_after());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`try_acquire`](RedisLimiter::try_acquire).
+    pub async fn try_acquire_all(
+        &self,
+        key: &[u8],
+        n: u64,
+    ) -> Result<MultiDecision, RedisLimitError> {
+        self.acquire(key, n, None).await
+    }
+
+    /// [`try_acquire_all`](RedisLimiter::try_acquire_all) at an explicit time, as
+    /// [`try_acquire_at`](RedisLimiter::try_acquire_at).
+    ///
+    /// # Errors
+    /// As [`try_acquire_at`](RedisLimiter::try_acquire_at).
+    pub async fn try_acquire_all_at(
+        &self,
+        key: &[u8],
+        n: u64,
+        now_us: u64,
+    ) -> Result<MultiDecision, RedisLimitError> {
+        self.acquire(key, n, Some(now_us)).await
+    }
+
+    async fn acquire(
         &self,
         key: &[u8],
         n: u64,
         now_us: Option<u64>,
-    ) -> Result<Decision, RedisLimitError> {
-        if n > self.steps.cap {
-            return Err(RedisLimitError::InsufficientCapacity(
-                InsufficientCapacity {
-                    requested: n,
-                    capacity: self.steps.cap,
-                },
-            ));
-        }
+    ) -> Result<MultiDecision, RedisLimitError> {
         if let (Some(cache), None) = (&self.denials, now_us) {
             if let Some(d) = self.cached_denial(cache, key, n) {
                 return Ok(d);
             }
         }
-        let mut con = self.con.clone();
-        let mut invocation = self.script.key(self.redis_key(key));
-        invocation
-            .arg(self.steps.cap)
-            .arg(self.steps.q)
-            .arg(self.a)
-            .arg(self.b_us)
-            .arg(n);
-        match now_us {
-            Some(t) => invocation.arg(t),
-            None => invocation.arg(""),
-        };
-        let answer =
-            tokio::time::timeout(self.timeout, invocation.invoke_async::<Vec<i64>>(&mut con)).await;
-        let reply = match answer {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => return self.failed(n, Outage::Redis(e)),
-            Err(_) => return self.failed(n, Outage::Timeout(self.timeout)),
-        };
-        let [allowed, tokens, mark, now] = reply[..] else {
-            return Err(RedisLimitError::Protocol(reply));
-        };
-        let (tokens, mark, now_ns) = (
-            tokens as u64,
-            mark as u64,
-            (now as u64).saturating_mul(1000),
-        );
-        let out = Outcome {
-            allowed: allowed == 1,
-            tokens,
-            mark,
-            write: None,
-        };
-        let d = Decision::new(&self.steps, &out, n, now_ns, 0);
-        if let (Some(cache), false, None) = (&self.denials, d.is_allowed(), now_us) {
-            self.remember_denial(cache, key, &d, tokens, mark, n);
+        match self.run(key, Call::new("a", n, now_us)).await? {
+            Answer::Degraded(decision) => Ok(MultiDecision { decision, index: 0 }),
+            Answer::Redis(reply) => {
+                let d = reply.decide(n);
+                if let (Some(cache), false, None) = (&self.denials, d.is_allowed(), now_us) {
+                    self.remember_denial(cache, key, &d, &reply, n);
+                }
+                Ok(d)
+            }
         }
-        Ok(d)
     }
 
-    fn failed(&self, n: u64, why: Outage) -> Result<Decision, RedisLimitError> {
+    /// Runs one script call on `key`: checks `n` against the capacity and an explicit time
+    /// against 2^52, builds the arguments from the limits in force, and applies the failure
+    /// policy when Redis does not answer in time.
+    async fn run(&self, key: &[u8], call: Call<'_>) -> Result<Answer, RedisLimitError> {
+        let table = self.table.load();
+        let tier = self.tier(key);
+        let tier = if tier < table.tiers.len() { tier } else { 0 };
+        self.check(&table, tier, &call)?;
+        let redis_key = self.redis_key(key);
+        let mut inv = self.script.key(redis_key);
+        inv.arg(call.op);
+        match call.now_us {
+            Some(t) => inv.arg(t),
+            None => inv.arg(""),
+        };
+        inv.arg(call.n)
+            .arg(call.lease)
+            .arg(call.undo)
+            .arg(table.count());
+        for (i, limit) in table.limits(tier).enumerate() {
+            limit.push_args(&mut inv, call.taken.get(i).copied());
+        }
+        let answer = tokio::time::timeout(self.timeout, self.con.invoke(&inv)).await;
+        let reply = match answer {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => return self.failed(&table, tier, call.n, Outage::Redis(e)),
+            Err(_) => return self.failed(&table, tier, call.n, Outage::Timeout(self.timeout)),
+        };
+        parse(reply, table, tier).map(Answer::Redis)
+    }
+
+    /// What every call checks before a round trip.
+    fn check(&self, table: &Table, tier: usize, call: &Call<'_>) -> Result<(), RedisLimitError> {
+        let capacity = table.capacity(tier);
+        let asked = if call.op == "a" || call.op == "l" {
+            call.n
+        } else {
+            0
+        };
+        if asked > capacity {
+            return Err(RedisLimitError::InsufficientCapacity(
+                InsufficientCapacity {
+                    requested: asked,
+                    capacity,
+                },
+            ));
+        }
+        if let Some(now_us) = call.now_us.filter(|&t| t >= LUA_EXACT) {
+            return Err(RedisLimitError::TimeOutOfRange { now_us });
+        }
+        if call.undo > 0 && call.taken.len() != table.count() {
+            return Err(RedisLimitError::Protocol(Vec::new()));
+        }
+        Ok(())
+    }
+
+    fn failed(
+        &self,
+        table: &Table,
+        tier: usize,
+        n: u64,
+        why: Outage,
+    ) -> Result<Answer, RedisLimitError> {
+        self.con.failed();
         match self.on_failure {
             OnFailure::ReturnError => Err(RedisLimitError::Unavailable(why)),
             policy => {
                 self.log_degraded(policy, &why);
-                Ok(Decision::degraded(
-                    &self.steps,
+                let steps = &table.tiers[tier].steps;
+                Ok(Answer::Degraded(Decision::degraded(
+                    steps,
                     policy == OnFailure::FailOpen,
                     n,
-                ))
+                )))
             }
         }
     }
@@ -419,82 +563,74 @@ impl RedisLimiter {
         &self,
         cache: &DenialCache,
         key: &[u8],
-        d: &Decision,
-        tokens: u64,
-        mark: u64,
+        d: &MultiDecision,
+        reply: &Reply,
         n: u64,
     ) {
-        let until = d.now_ns().saturating_add(d.retry_after().as_nanos() as u64);
-        cache.insert(
-            key,
-            Denied {
-                tokens,
-                mark,
-                server_ns: d.now_ns(),
-                seen: std::time::Instant::now(),
-                until,
-                n,
-            },
-            d.now_ns(),
-        );
-    }
-
-    /// A local denial, when the cache holds one for `key` that still stands for `n` tokens.
-    fn cached_denial(&self, cache: &DenialCache, key: &[u8], n: u64) -> Option<Decision> {
-        let denied = cache.get(key)?;
-        let Denied {
+        let (tokens, mark) = reply.buckets[d.index];
+        let now = d.decision.now_ns();
+        let until = now.saturating_add(d.decision.retry_after().as_nanos() as u64);
+        let denied = Denied {
             tokens,
             mark,
-            n: denied_n,
-            ..
-        } = denied;
-        let now_ns = denied.server_now_ns();
-        if n < denied_n {
+            server_ns: now,
+            seen: std::time::Instant::now(),
+            until,
+            n,
+            which: d.index,
+            generation: reply.table.generation,
+        };
+        cache.insert(key, denied, now);
+    }
+
+    /// A local denial, when the cache holds one for `key` that still stands for `n` tokens
+    /// under the limits in force.
+    fn cached_denial(&self, cache: &DenialCache, key: &[u8], n: u64) -> Option<MultiDecision> {
+        let denied = cache.get(key)?;
+        if n < denied.n {
             // Fewer tokens may already be there.
             return None;
         }
+        let table = self.table.load();
+        if denied.generation != table.generation {
+            return None;
+        }
+        let tier = self.tier(key);
+        let steps = &table.limits(tier).nth(denied.which)?.steps;
+        if n > table.capacity(tier) {
+            return None;
+        }
         // The state Redis reported, refilled to now: nobody else can have added tokens.
-        let k = self.steps.step_index(now_ns);
-        let word = self.steps.word(tokens, mark);
-        let out = state::step(&self.steps, word, k, n);
-        (!out.allowed).then(|| Decision::new(&self.steps, &out, n, now_ns, 0))
+        let now_ns = denied.server_now_ns();
+        let k = steps.step_index(now_ns);
+        let word = steps.word(denied.tokens, denied.mark);
+        let out = state::step(steps, word, k, n);
+        (!out.allowed).then(|| MultiDecision {
+            decision: Decision::new(steps, &out, n, now_ns, 0),
+            index: denied.which,
+        })
     }
 }
 
-#[cfg(feature = "http")]
-impl crate::http::Backend for RedisLimiter {
-    type Error = RedisLimitError;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<crate::http::Verdict, RedisLimitError>> + Send>,
-    >;
-
-    fn acquire(&self, key: &crate::http::Key, cost: u64) -> Self::Future {
-        use crate::http::Key;
-        // A tag per kind of key, so keys of different kinds never share a bucket (as they do
-        // not in a `KeyedLimiter<Key>`): the global key is not the API key `*`.
-        let tagged = |tag: &[u8], body: &[u8]| [tag, body].concat();
-        let bytes: Vec<u8> = match key {
-            Key::Global => b"g".to_vec(),
-            Key::Ip(ip) => tagged(b"i:", ip.to_string().as_bytes()),
-            Key::Header(v) => tagged(b"h:", v.as_bytes()),
-            // The token only: `Bearer t` and `bearer t` are one key. Tagged `b:` as bearer
-            // tokens were (as `Key::Bytes`) before `Key::Bearer`, so their buckets carry over;
-            // a closure's `Key::Bytes` equal to a token shares that bucket, as it did.
-            Key::Bearer(v) => tagged(b"b:", key.bearer_token().unwrap_or(v.as_bytes())),
-            Key::Bytes(b) => tagged(b"b:", b),
-            Key::Text(t) => tagged(b"t:", t.as_bytes()),
-        };
-        let this = self.clone();
-        Box::pin(async move {
-            match this.try_acquire(&bytes, cost).await {
-                Ok(d) => Ok(Ok(d)),
-                Err(RedisLimitError::InsufficientCapacity(e)) => Ok(Err(e)),
-                Err(e) => Err(e),
-            }
-        })
+/// The script's reply: `{allowed, now, taken, given, tokens and mark per limit}`.
+fn parse(reply: Vec<i64>, table: Arc<Table>, tier: usize) -> Result<Reply, RedisLimitError> {
+    let well_formed = reply.len() == 4 + 2 * table.count() && reply.iter().all(|&v| v >= 0);
+    let [allowed, now_us, taken, given, ref rest @ ..] = reply[..] else {
+        return Err(RedisLimitError::Protocol(reply));
+    };
+    if !well_formed {
+        return Err(RedisLimitError::Protocol(reply));
     }
-
-    fn limit(&self) -> Limit {
-        self.limit
-    }
+    Ok(Reply {
+        allowed: allowed == 1,
+        now_us: now_us as u64,
+        taken: taken as u64,
+        given: given as u64,
+        buckets: rest
+            .chunks_exact(2)
+            .map(|p| (p[0] as u64, p[1] as u64))
+            .collect(),
+        table,
+        tier,
+    })
 }

@@ -1,0 +1,116 @@
+//! A [`RedisLimiter`] behind the HTTP layer: takes, looks (a snapshot), undoes and charges, so
+//! several policies and response charging work over Redis as in memory.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::decision::Decision;
+use crate::http::{Backend, Key, Verdict};
+use crate::limit::Limit;
+
+use super::{RedisLimitError, RedisLimiter};
+
+/// The bytes of an HTTP key: a tag per kind of key, so keys of different kinds never share a
+/// bucket (as they do not in a `KeyedLimiter<Key>`): the global key is not the API key `*`.
+fn key_bytes(key: &Key) -> Vec<u8> {
+    let tagged = |tag: &[u8], body: &[u8]| [tag, body].concat();
+    match key {
+        Key::Global => b"g".to_vec(),
+        Key::Ip(ip) => tagged(b"i:", ip.to_string().as_bytes()),
+        Key::Header(v) => tagged(b"h:", v.as_bytes()),
+        // The token only: `Bearer t` and `bearer t` are one key. Tagged `b:` as bearer
+        // tokens were (as `Key::Bytes`) before `Key::Bearer`, so their buckets carry over;
+        // a closure's `Key::Bytes` equal to a token shares that bucket, as it did.
+        Key::Bearer(v) => tagged(b"b:", key.bearer_token().unwrap_or(v.as_bytes())),
+        Key::Bytes(b) => tagged(b"b:", b),
+        Key::Text(t) => tagged(b"t:", t.as_bytes()),
+    }
+}
+
+/// Runs `work` on the current Tokio runtime, if there is one (an undo or a charge is sent
+/// after the answer; without a runtime it cannot be, and is logged).
+fn spawn(work: impl Future<Output = Result<Decision, RedisLimitError>> + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(async move {
+                if let Err(e) = work.await {
+                    tracing::debug!(error = %e, "tollgate: an undo or charge on redis failed");
+                }
+            });
+        }
+        Err(_) => tracing::warn!("tollgate: no tokio runtime: an undo or charge was not sent"),
+    }
+}
+
+impl Backend for RedisLimiter {
+    type Error = RedisLimitError;
+    type Future = Pin<Box<dyn Future<Output = Result<Verdict, RedisLimitError>> + Send>>;
+
+    fn acquire(&self, key: &Key, cost: u64) -> Self::Future {
+        let bytes = key_bytes(key);
+        let this = self.clone();
+        Box::pin(async move {
+            match this.try_acquire(&bytes, cost).await {
+                Ok(d) => Ok(Ok(d)),
+                Err(RedisLimitError::InsufficientCapacity(e)) => Ok(Err(e)),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn peek(&self, key: &Key, cost: u64) -> Self::Future {
+        let bytes = key_bytes(key);
+        let this = self.clone();
+        Box::pin(async move {
+            let table = this.table.load();
+            let tier = this.tier(&bytes);
+            let capacity = table.capacity(tier);
+            if cost > capacity {
+                return Ok(Err(crate::decision::InsufficientCapacity {
+                    requested: cost,
+                    capacity,
+                }));
+            }
+            match this.run(&bytes, super::Call::new("a", 0, None)).await? {
+                super::Answer::Redis(reply) => Ok(Ok(reply.peek(cost).decision)),
+                super::Answer::Degraded(d) => Ok(Ok(d)),
+            }
+        })
+    }
+
+    fn limit(&self) -> Limit {
+        RedisLimiter::limit(self)
+    }
+
+    fn can_undo(&self) -> bool {
+        true
+    }
+
+    /// The marks the take left are those of its time's steps (a mark can only be at or past
+    /// them, so this gives back at most what the exact undo would).
+    fn undo(&self, key: &Key, cost: u64, taken: &Decision) {
+        if taken.is_degraded() || cost == 0 {
+            return;
+        }
+        let bytes = key_bytes(key);
+        let this = self.clone();
+        let at_ns = taken.now_ns();
+        spawn(async move {
+            let marks: Vec<u64> = {
+                let table = this.table.load();
+                let tier = this.tier(&bytes);
+                table
+                    .limits(tier)
+                    .map(|l| l.steps.step_index(at_ns))
+                    .collect()
+            };
+            this.undo_at(&bytes, cost, &marks, None).await
+        });
+    }
+
+    fn charge(&self, key: &Key, n: u64) {
+        let bytes = key_bytes(key);
+        let this = self.clone();
+        spawn(async move { this.charge(&bytes, n).await });
+    }
+}

@@ -1,0 +1,646 @@
+//! Token leasing ([contract §4](crate::contract::redis)): a process takes a batch of tokens
+//! from a key's shared buckets in one script call and grants them locally, at memory speed,
+//! until they run out or the lease ends; what it did not spend goes back as an undo.
+//!
+//! Never over-admits: leased tokens are taken from the shared buckets before any is granted,
+//! so every grant is a token the shared bucket gave. Inexact the other way only: tokens a
+//! process holds are unavailable to the others until it spends or returns them.
+//!
+//! # The bound
+//! With `P` processes leasing a key, at most `P * (max_tokens + n - 1)` tokens are out on
+//! lease at any moment (a process holds one lease per key, of at most `max_tokens`, plus less
+//! than one request's `n` left from the last). That is all a busy key ever loses: a process
+//! whose lease runs out takes the next, so its tokens are granted, not lost. A lease that ends
+//! with tokens unspent (after [`LeaseConfig::hold`], or at [`LeasedLimiter::release_all`])
+//! gives them back as an undo ([contract §2](crate::contract::bucket)): all of them when no
+//! other process refilled the buckets since the lease was taken, else `q` fewer per step
+//! another refilled (at most the unspent tokens: a quiet process, whose leases shrink to what
+//! it spends, has few).
+//!
+//! A grant is counted by the shared bucket when its lease is taken, up to `hold` before the
+//! process grants it: over a window of length `W`, the grants are within the bucket's bound for
+//! a window of `W + hold`.
+//!
+//! Lease sizes adapt per key: each lease aims to last about half of `hold` at the rate the last
+//! one was spent, at most twice the last size and at most `max_tokens`; so a busy process
+//! grows to `max_tokens` in a few leases and a quiet one takes a token or two at a time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use crate::clock::{Clock, DefaultClock};
+use crate::decision::Decision;
+use crate::multi::MultiDecision;
+use crate::state::{self, Outcome};
+
+use super::{Answer, Call, RedisLimitError, RedisLimiter};
+
+/// How a [`LeasedLimiter`] leases.
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::redis::LeaseConfig;
+/// let config = LeaseConfig::new().expected_processes(8).hold(Duration::from_millis(100));
+/// # let _ = config;
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseConfig {
+    max_tokens: Option<u64>,
+    processes: u64,
+    hold: Duration,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig {
+            max_tokens: None,
+            processes: 8,
+            hold: Duration::from_millis(250),
+        }
+    }
+}
+
+impl LeaseConfig {
+    /// The defaults: leases of at most an eighth of the capacity (as for 8 processes), held at
+    /// most 250 ms.
+    ///
+    /// ```
+    /// # use tollgate::redis::LeaseConfig;
+    /// assert_eq!(LeaseConfig::new(), LeaseConfig::default());
+    /// ```
+    pub fn new() -> LeaseConfig {
+        LeaseConfig::default()
+    }
+
+    /// At most `n` tokens per lease (at least 1; capped at the capacity).
+    ///
+    /// ```
+    /// # use tollgate::redis::LeaseConfig;
+    /// let config = LeaseConfig::new().max_tokens(100);
+    /// # let _ = config;
+    /// ```
+    pub fn max_tokens(mut self, n: u64) -> LeaseConfig {
+        self.max_tokens = Some(n.max(1));
+        self
+    }
+
+    /// Leases of at most `capacity / processes` tokens (at least 1), so that `processes`
+    /// processes together never hold more than the capacity. Ignored after
+    /// [`max_tokens`](LeaseConfig::max_tokens).
+    ///
+    /// ```
+    /// # use tollgate::redis::LeaseConfig;
+    /// let config = LeaseConfig::new().expected_processes(4);
+    /// # let _ = config;
+    /// ```
+    pub fn expected_processes(mut self, processes: u64) -> LeaseConfig {
+        self.processes = processes.max(1);
+        self
+    }
+
+    /// How long a lease lasts at most (default 250 ms): its unspent tokens then go back.
+    ///
+    /// ```
+    /// # use tollgate::redis::LeaseConfig;
+    /// let config = LeaseConfig::new().hold(std::time::Duration::from_millis(50));
+    /// # let _ = config;
+    /// ```
+    pub fn hold(mut self, hold: Duration) -> LeaseConfig {
+        self.hold = hold.max(Duration::from_millis(1));
+        self
+    }
+}
+
+/// What a [`LeasedLimiter`] did, since it was made.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
+/// # use tollgate::{redis::{LeaseConfig, RedisLimiter}, Limit};
+/// let limiter = RedisLimiter::new("redis://127.0.0.1/", Limit::per_second(1_000)?, "rl:")
+///     .await?
+///     .leased(LeaseConfig::new());
+/// let _ = limiter.try_acquire(b"ann", 1).await?;
+/// assert_eq!(limiter.stats().leases, 1);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LeaseStats {
+    /// Script calls that took (or tried to take) a lease.
+    pub leases: u64,
+    /// Tokens leased.
+    pub leased: u64,
+    /// Grants made from a lease without a round trip.
+    pub local_grants: u64,
+    /// Tokens granted (locally or not).
+    pub granted: u64,
+    /// Tokens given back unspent, and what the undos gave back of them.
+    pub returned: u64,
+    /// See `returned`.
+    pub given_back: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    leases: AtomicU64,
+    leased: AtomicU64,
+    local_grants: AtomicU64,
+    granted: AtomicU64,
+    returned: AtomicU64,
+    given_back: AtomicU64,
+}
+
+/// A [`RedisLimiter`] that leases: see the [module docs](self) for what it costs and bounds.
+/// Cloning is cheap; clones share the leases. Call [`release_all`](LeasedLimiter::release_all)
+/// at shutdown (dropping the last clone inside a Tokio runtime does it in the background).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
+/// use tollgate::redis::{LeaseConfig, RedisLimiter};
+/// use tollgate::Limit;
+///
+/// let redis = RedisLimiter::new("redis://127.0.0.1/", Limit::per_second(10_000)?, "rl:").await?;
+/// let limiter = redis.leased(LeaseConfig::new().expected_processes(4));
+/// let d = limiter.try_acquire(b"hot-key", 1).await?; // one round trip, then local
+/// assert!(d.is_allowed());
+/// limiter.release_all().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct LeasedLimiter {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LeasedLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeasedLimiter")
+            .field("redis", &self.inner.redis)
+            .field("config", &self.inner.config)
+            .field("keys", &self.inner.leases.len())
+            .finish()
+    }
+}
+
+struct Inner {
+    redis: RedisLimiter,
+    config: LeaseConfig,
+    hold_ns: u64,
+    clock: DefaultClock,
+    leases: papaya::HashMap<Box<[u8]>, Arc<Lease>, foldhash::fast::RandomState>,
+    counters: Counters,
+}
+
+/// One key's lease in this process.
+struct Lease {
+    /// The key's tier (picked once, as the keyed limiter does).
+    tier: usize,
+    /// Tokens left to grant locally.
+    left: AtomicU64,
+    /// When the lease ends (this process's clock, ns); 0: no lease.
+    expires: AtomicU64,
+    /// Server time minus local time (ns, wrapping), and the tier limit's mark after the lease:
+    /// what a local grant's decision reports.
+    offset: AtomicU64,
+    mark: AtomicU64,
+    /// Until when (local ns) a denial stands for requests of at least its `n`.
+    deny_until: AtomicU64,
+    denial: Mutex<Option<Denial>>,
+    state: tokio::sync::Mutex<State>,
+}
+
+#[derive(Clone, Copy)]
+struct Denial {
+    index: usize,
+    tokens: u64,
+    mark: u64,
+    n: u64,
+}
+
+#[derive(Default)]
+struct State {
+    /// The marks the last lease left, per limit (for an undo of its unspent tokens).
+    marks: Vec<u64>,
+    /// The last lease's size and when it was taken (local ns).
+    size: u64,
+    leased: u64,
+    taken_at: u64,
+    /// Removed from the map: look the key up again.
+    retired: bool,
+}
+
+impl RedisLimiter {
+    /// This limiter, leasing tokens in batches: see [`LeasedLimiter`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
+    /// # use tollgate::{redis::{LeaseConfig, RedisLimiter}, Limit};
+    /// let limiter = RedisLimiter::new("redis://127.0.0.1/", Limit::per_second(1_000)?, "rl:")
+    ///     .await?
+    ///     .leased(LeaseConfig::new());
+    /// # let _ = limiter; Ok(()) }
+    /// ```
+    pub fn leased(self, config: LeaseConfig) -> LeasedLimiter {
+        let inner = Arc::new(Inner {
+            redis: self,
+            config,
+            hold_ns: u64::try_from(config.hold.as_nanos()).unwrap_or(u64::MAX),
+            clock: DefaultClock::new(),
+            leases: papaya::HashMap::builder()
+                .hasher(foldhash::fast::RandomState::default())
+                .build(),
+            counters: Counters::default(),
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&inner);
+            rt.spawn(sweep(weak, config.hold));
+        }
+        LeasedLimiter { inner }
+    }
+}
+
+/// Returns expired leases' tokens, and forgets keys idle for ten holds, every `hold`.
+async fn sweep(inner: Weak<Inner>, hold: Duration) {
+    loop {
+        tokio::time::sleep(hold).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let now = inner.clock.now();
+        let due: Vec<(Box<[u8]>, Arc<Lease>)> = {
+            let pinned = inner.leases.pin();
+            pinned
+                .iter()
+                .filter(|(_, l)| now >= l.expires.load(Ordering::Acquire))
+                .map(|(k, l)| (k.clone(), l.clone()))
+                .collect()
+        };
+        for (key, lease) in due {
+            let Ok(mut st) = lease.state.try_lock() else {
+                continue; // in use: its caller handles it
+            };
+            if now < lease.expires.load(Ordering::Acquire) {
+                continue;
+            }
+            inner.give_back(&key, &lease, &mut st).await;
+            if now.saturating_sub(st.taken_at) >= inner.hold_ns.saturating_mul(10) {
+                st.retired = true;
+                inner.leases.pin().remove(&key);
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// The lease's unspent tokens go back as an undo (the lease has ended).
+    async fn give_back(&self, key: &[u8], lease: &Lease, st: &mut State) {
+        // AcqRel: takes every token no spender took; a spender after this sees 0.
+        let unspent = lease.left.swap(0, Ordering::AcqRel);
+        if unspent == 0 || st.marks.is_empty() {
+            return;
+        }
+        self.counters.returned.fetch_add(unspent, Ordering::Relaxed);
+        if let Ok(Answer::Redis(reply)) = self
+            .redis
+            .run(
+                key,
+                Call {
+                    undo: unspent,
+                    taken: &st.marks,
+                    ..Call::new("u", 0, None)
+                },
+            )
+            .await
+        {
+            self.counters
+                .given_back
+                .fetch_add(reply.given, Ordering::Relaxed);
+        }
+        st.marks.clear();
+    }
+
+    fn lease(&self, key: &[u8]) -> Arc<Lease> {
+        let pinned = self.leases.pin();
+        if let Some(l) = pinned.get(key) {
+            return l.clone();
+        }
+        pinned
+            .get_or_insert_with(key.into(), || {
+                Arc::new(Lease {
+                    tier: self.redis.tier(key),
+                    left: AtomicU64::new(0),
+                    expires: AtomicU64::new(0),
+                    offset: AtomicU64::new(0),
+                    mark: AtomicU64::new(0),
+                    deny_until: AtomicU64::new(0),
+                    denial: Mutex::new(None),
+                    state: tokio::sync::Mutex::new(State::default()),
+                })
+            })
+            .clone()
+    }
+
+    /// The next lease's size: about half a hold at the rate the last was spent, at most
+    /// twice the last and at most the cap.
+    fn size(&self, st: &State, now: u64, unspent: u64, cap: u64) -> u64 {
+        let max = self
+            .config
+            .max_tokens
+            .unwrap_or(cap / self.config.processes)
+            .clamp(1, cap);
+        if st.leased == 0 {
+            return 1;
+        }
+        let used = st.leased.saturating_sub(unspent);
+        let elapsed = now.saturating_sub(st.taken_at).max(1);
+        let target = (u128::from(used) * u128::from(self.hold_ns / 2) / u128::from(elapsed))
+            .min(u128::from(u64::MAX)) as u64;
+        target.clamp(1, max.min(st.size.saturating_mul(2).max(1)))
+    }
+}
+
+impl LeasedLimiter {
+    /// Grants `n` tokens from this process's lease of `key`, taking a new lease from Redis when
+    /// it runs out or ends. A grant from the lease reports the tokens left in the lease as
+    /// `remaining`; a denial is Redis's (exact), and stands locally until its `retry_after`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
+    /// # use tollgate::{redis::{LeaseConfig, RedisLimiter}, Limit};
+    /// # let limiter = RedisLimiter::new("redis://127.0.0.1/", Limit::per_second(1_000)?, "rl:")
+    /// #     .await?.leased(LeaseConfig::new());
+    /// if limiter.try_acquire(b"ann", 1).await?.is_allowed() {
+    ///     // serve
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`RedisLimiter::try_acquire`].
+    pub async fn try_acquire(&self, key: &[u8], n: u64) -> Result<Decision, RedisLimitError> {
+        let inner = &*self.inner;
+        if n == 0 {
+            return inner.redis.snapshot(key).await;
+        }
+        loop {
+            let lease = inner.lease(key);
+            if let Some(d) = self.local(&lease, n) {
+                return Ok(d);
+            }
+            let mut st = lease.state.lock().await;
+            if st.retired {
+                continue;
+            }
+            if let Some(d) = self.local(&lease, n) {
+                return Ok(d);
+            }
+            return self.renew(key, &lease, &mut st, n).await;
+        }
+    }
+
+    /// A grant from the lease, or a standing denial, without a round trip.
+    #[inline]
+    fn local(&self, lease: &Lease, n: u64) -> Option<Decision> {
+        let inner = &*self.inner;
+        let now = inner.clock.now();
+        // Acquire: pairs with the renewal's Release store, after which `left` holds the new
+        // lease's tokens.
+        if now < lease.expires.load(Ordering::Acquire) {
+            // AcqRel: the token count is the protocol; each grant takes its own tokens.
+            if let Ok(before) = lease
+                .left
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| l.checked_sub(n))
+            {
+                inner.counters.local_grants.fetch_add(1, Ordering::Relaxed);
+                inner.counters.granted.fetch_add(n, Ordering::Relaxed);
+                return self.granted(lease, now, before - n, n);
+            }
+        }
+        // Acquire: pairs with the Release store after the denial was recorded.
+        if now < lease.deny_until.load(Ordering::Acquire) {
+            let denial = (*lease.denial.lock().unwrap_or_else(|p| p.into_inner()))?;
+            if n >= denial.n {
+                return self.denied(lease, now, denial, n);
+            }
+        }
+        None
+    }
+
+    fn granted(&self, lease: &Lease, now: u64, left: u64, n: u64) -> Option<Decision> {
+        let table = self.inner.redis.table.load();
+        let steps = &table.limits(lease.tier).next()?.steps;
+        let out = Outcome {
+            allowed: true,
+            tokens: left,
+            // Relaxed: informational (the decision's waits), published with `expires`.
+            mark: lease.mark.load(Ordering::Relaxed),
+            write: None,
+        };
+        let server_now = now.wrapping_add(lease.offset.load(Ordering::Relaxed));
+        Some(Decision::new(steps, &out, n, server_now, 0))
+    }
+
+    /// The denial Redis made, refilled to now (nobody else can have added tokens but by an
+    /// undo, which this may miss until `retry_after`).
+    fn denied(&self, lease: &Lease, now: u64, denial: Denial, n: u64) -> Option<Decision> {
+        let table = self.inner.redis.table.load();
+        let steps = &table.limits(lease.tier).nth(denial.index)?.steps;
+        if n > steps.cap {
+            return None;
+        }
+        let server_now = now.wrapping_add(lease.offset.load(Ordering::Relaxed));
+        let word = steps.word(denial.tokens, denial.mark);
+        let out = state::step(steps, word, steps.step_index(server_now), n);
+        (!out.allowed).then(|| Decision::new(steps, &out, n, server_now, 0))
+    }
+
+    /// A new lease (the last one's unspent tokens go back first when it has ended; when it
+    /// merely ran out, what is left counts towards `n`).
+    async fn renew(
+        &self,
+        key: &[u8],
+        lease: &Lease,
+        st: &mut State,
+        n: u64,
+    ) -> Result<Decision, RedisLimitError> {
+        let inner = &*self.inner;
+        let now = inner.clock.now();
+        let ended = now >= lease.expires.load(Ordering::Acquire);
+        // AcqRel: takes what no spender took.
+        let left = lease.left.swap(0, Ordering::AcqRel);
+        let (unspent, keep) = if ended { (left, 0) } else { (0, left) };
+        let need = n - keep; // keep < n: the lease could not grant n
+        let cap = inner.redis.table.load().capacity(lease.tier);
+        let size = inner.size(st, now, unspent, cap).max(need);
+        let call = Call {
+            lease: size,
+            undo: if st.marks.is_empty() { 0 } else { unspent },
+            taken: &st.marks,
+            ..Call::new("l", need, None)
+        };
+        inner.counters.leases.fetch_add(1, Ordering::Relaxed);
+        if call.undo > 0 {
+            inner
+                .counters
+                .returned
+                .fetch_add(unspent, Ordering::Relaxed);
+        }
+        let answer = inner.redis.run(key, call).await;
+        let reply = match answer {
+            Ok(Answer::Redis(reply)) => reply,
+            other => {
+                // Release: the tokens kept go back to the lease.
+                lease.left.fetch_add(keep, Ordering::Release);
+                return match other {
+                    Ok(Answer::Degraded(d)) => Ok(d),
+                    Err(e) => Err(e),
+                    Ok(Answer::Redis(_)) => unreachable!(),
+                };
+            }
+        };
+        if call.undo > 0 {
+            inner
+                .counters
+                .given_back
+                .fetch_add(reply.given, Ordering::Relaxed);
+        }
+        st.marks = reply.marks();
+        let server_ns = reply.now_us.saturating_mul(1000);
+        // Relaxed: both are informational, published by the Release stores below.
+        lease
+            .offset
+            .store(server_ns.wrapping_sub(now), Ordering::Relaxed);
+        lease.mark.store(reply.buckets[0].1, Ordering::Relaxed);
+        if !reply.allowed {
+            lease.left.fetch_add(keep, Ordering::Release);
+            let d: MultiDecision = reply.decide(need);
+            let (tokens, mark) = reply.buckets[d.index];
+            *lease.denial.lock().unwrap_or_else(|p| p.into_inner()) = Some(Denial {
+                index: d.index,
+                tokens,
+                mark,
+                n: need + keep,
+            });
+            let wait = u64::try_from(d.decision.retry_after().as_nanos()).unwrap_or(u64::MAX);
+            // Release: publishes the denial above.
+            lease
+                .deny_until
+                .store(now.saturating_add(wait), Ordering::Release);
+            return Ok(d.decision);
+        }
+        inner
+            .counters
+            .leased
+            .fetch_add(reply.taken, Ordering::Relaxed);
+        inner.counters.granted.fetch_add(n, Ordering::Relaxed);
+        st.size = size;
+        st.leased = reply.taken + keep;
+        st.taken_at = now;
+        let left = keep + reply.taken - n;
+        // Release: the lease's tokens, then its end: a spender that sees the end sees them.
+        lease.left.store(left, Ordering::Release);
+        lease
+            .expires
+            .store(now.saturating_add(inner.hold_ns), Ordering::Release);
+        lease.deny_until.store(0, Ordering::Release);
+        Ok(self
+            .granted(lease, now, left, n)
+            .unwrap_or_else(|| reply.decide(n).decision))
+    }
+
+    /// Gives back every lease's unspent tokens now (an undo each) and ends the leases: call
+    /// it at shutdown. Returns the tokens given back.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
+    /// # use tollgate::{redis::{LeaseConfig, RedisLimiter}, Limit};
+    /// # let limiter = RedisLimiter::new("redis://127.0.0.1/", Limit::per_second(1_000)?, "rl:")
+    /// #     .await?.leased(LeaseConfig::new());
+    /// limiter.release_all().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn release_all(&self) -> u64 {
+        let inner = &*self.inner;
+        let before = inner.counters.given_back.load(Ordering::Relaxed);
+        let all: Vec<(Box<[u8]>, Arc<Lease>)> = inner
+            .leases
+            .pin()
+            .iter()
+            .map(|(k, l)| (k.clone(), l.clone()))
+            .collect();
+        for (key, lease) in all {
+            let mut st = lease.state.lock().await;
+            lease.expires.store(0, Ordering::Release);
+            inner.give_back(&key, &lease, &mut st).await;
+        }
+        inner.counters.given_back.load(Ordering::Relaxed) - before
+    }
+
+    /// What this limiter (and its clones) did so far.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
+    /// # use tollgate::{redis::{LeaseConfig, RedisLimiter}, Limit};
+    /// # let limiter = RedisLimiter::new("redis://127.0.0.1/", Limit::per_second(1_000)?, "rl:")
+    /// #     .await?.leased(LeaseConfig::new());
+    /// let s = limiter.stats();
+    /// println!("{} of {} grants without a round trip", s.local_grants, s.granted);
+    /// # Ok(()) }
+    /// ```
+    pub fn stats(&self) -> LeaseStats {
+        let c = &self.inner.counters;
+        // Relaxed: counters, read for reporting.
+        LeaseStats {
+            leases: c.leases.load(Ordering::Relaxed),
+            leased: c.leased.load(Ordering::Relaxed),
+            local_grants: c.local_grants.load(Ordering::Relaxed),
+            granted: c.granted.load(Ordering::Relaxed),
+            returned: c.returned.load(Ordering::Relaxed),
+            given_back: c.given_back.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The Redis limiter underneath.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
+    /// # use tollgate::{redis::{LeaseConfig, RedisLimiter}, Limit};
+    /// # let limiter = RedisLimiter::new("redis://127.0.0.1/", Limit::per_second(1_000)?, "rl:")
+    /// #     .await?.leased(LeaseConfig::new());
+    /// assert_eq!(limiter.redis().limit(), Limit::per_second(1_000)?);
+    /// # Ok(()) }
+    /// ```
+    pub fn redis(&self) -> &RedisLimiter {
+        &self.inner.redis
+    }
+}
+
+/// The last clone gone: leases still held go back in the background (when a Tokio runtime
+/// runs; otherwise they come back as their buckets refill).
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let held: Vec<(Box<[u8]>, u64, Vec<u64>)> = self
+            .leases
+            .pin()
+            .iter()
+            .filter_map(|(k, l)| {
+                let st = l.state.try_lock().ok()?;
+                let unspent = l.left.swap(0, Ordering::AcqRel);
+                (unspent > 0 && !st.marks.is_empty())
+                    .then(|| (k.clone(), unspent, st.marks.clone()))
+            })
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        let redis = self.redis.clone();
+        rt.spawn(async move {
+            for (key, unspent, marks) in held {
+                let _ = redis.undo_at(&key, unspent, &marks, None).await;
+            }
+        });
+    }
+}
