@@ -112,6 +112,6 @@ impl PyRedisLimiter {
 
     #[getter]
     fn limit(&self) -> PyLimit {
-        PyLimit(*self.0.limit())
+        PyLimit(self.0.limit())
     }
 }
