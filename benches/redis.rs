@@ -7,15 +7,55 @@
 //! `TOLLGATE_BENCH_SECONDS` sets tollgate's measuring time (default 5).
 
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tollgate::redis::{RedisLimiter, SCRIPT};
+use tollgate::redis::{LeaseConfig, RedisLimiter, SCRIPT};
 use tollgate::Limit;
 
 const TASKS: usize = 32;
 const KEYS: u64 = 100_000;
+const BATCH: u64 = 64;
+
+/// Runs `check` in TASKS tasks for `seconds` (each call gets a fresh pseudo-random number
+/// and says how many checks it made); returns checks per second.
+async fn run<F, Fut>(seconds: u64, check: F) -> f64
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = u64> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..TASKS as u64)
+        .map(|t| {
+            let (check, stop) = (check.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ t;
+                let mut ops = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    ops += check(x).await;
+                    // Let the other tasks (and the stop) in: a leased check never waits.
+                    if ops % 64 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                ops
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = start.elapsed();
+    let mut ops = 0;
+    for t in tasks {
+        ops += t.await.unwrap();
+    }
+    ops as f64 / elapsed.as_secs_f64()
+}
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -48,8 +88,9 @@ fn main() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let url = format!("unix://{}", sock.display());
-    // A limit that always allows: the measure is the round trip and the script.
-    let limit = Limit::new(1_000_000, 1_000_000, Duration::from_secs(1)).unwrap();
+    // A limit that always allows (4 billion of burst, a million a second back): the measure
+    // is the round trip and the script, or the lease.
+    let limit = Limit::new(4_000_000_000, 1_000_000, Duration::from_secs(1)).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -87,11 +128,20 @@ fn main() {
             &sha,
             "1",
             "bench:{__rand_int__}",
-            "1000000",
+            // op, now (the server's), n, lease, undo, one limit: C, q, a, b, since, inherit,
+            // taken (the arguments RedisLimiter sends)
+            "a",
+            "",
+            "1",
+            "0",
+            "0",
+            "1",
+            "4000000000",
             "1000000",
             "1",
             "1000000",
-            "1",
+            "",
+            "k",
             "",
         ])
         .output()
@@ -104,51 +154,89 @@ fn main() {
         .next()
         .unwrap_or_else(|| panic!("redis-benchmark said: {csv}"));
 
-    // tollgate: TASKS concurrent tasks on one multiplexed connection, random keys.
+    // tollgate, each mode for `seconds`, TASKS concurrent tasks.
     let seconds: u64 = std::env::var("TOLLGATE_BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    let ops = rt.block_on(async {
-        let limiter = Arc::new(
-            RedisLimiter::builder(&url, limit, "bench:")
-                .timeout(Duration::from_secs(1))
-                .connect()
-                .await
-                .unwrap(),
-        );
-        let stop = Arc::new(AtomicBool::new(false));
-        let ops = Arc::new(AtomicU64::new(0));
-        let tasks: Vec<_> = (0..TASKS as u64)
-            .map(|t| {
-                let (limiter, stop, ops) = (limiter.clone(), stop.clone(), ops.clone());
-                tokio::spawn(async move {
-                    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ t;
-                    while !stop.load(Ordering::Relaxed) {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        let key = (x % KEYS).to_string();
-                        let d = limiter.try_acquire(key.as_bytes(), 1).await.unwrap();
-                        assert!(d.is_allowed());
-                        ops.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
+    let (per_check_hot, per_check, pipelined, leased) = rt.block_on(async {
+        let limiter = RedisLimiter::builder(&url, limit, "bench:")
+            .timeout(Duration::from_secs(1))
+            .connect()
+            .await
+            .unwrap();
+        let hot = {
+            let limiter = limiter.clone();
+            run(seconds, move |_| {
+                let limiter = limiter.clone();
+                async move {
+                    let d = limiter.try_acquire(b"hot", 1).await.unwrap();
+                    assert!(d.is_allowed());
+                    1
+                }
             })
-            .collect();
-        let start = Instant::now();
-        tokio::time::sleep(Duration::from_secs(seconds)).await;
-        stop.store(true, Ordering::Relaxed);
-        let elapsed = start.elapsed();
-        for t in tasks {
-            t.await.unwrap();
-        }
-        ops.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64()
+            .await
+        };
+        let random = {
+            let limiter = limiter.clone();
+            run(seconds, move |x| {
+                let limiter = limiter.clone();
+                async move {
+                    let key = (x % KEYS).to_string();
+                    let d = limiter.try_acquire(key.as_bytes(), 1).await.unwrap();
+                    assert!(d.is_allowed());
+                    1
+                }
+            })
+            .await
+        };
+        let pipelined = {
+            let limiter = limiter.clone();
+            run(seconds, move |x| {
+                let limiter = limiter.clone();
+                async move {
+                    let calls: Vec<(String, u64)> = (0..BATCH)
+                        .map(|i| (((x.wrapping_mul(i + 1)) % KEYS).to_string(), 1))
+                        .collect();
+                    let answers = limiter.try_acquire_many(&calls).await;
+                    assert!(answers.iter().all(|a| a.as_ref().unwrap().is_allowed()));
+                    BATCH
+                }
+            })
+            .await
+        };
+        let leased = {
+            let leased = limiter.clone().leased(LeaseConfig::new());
+            let ops = run(seconds, move |_| {
+                let leased = leased.clone();
+                async move {
+                    let d = leased.try_acquire(b"hot-leased", 1).await.unwrap();
+                    assert!(d.is_allowed());
+                    1
+                }
+            })
+            .await;
+            ops
+        };
+        (hot, random, pipelined, leased)
     });
     let _ = server.kill();
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&dir);
-    println!("redis-benchmark EVALSHA, {TASKS} connections: {ceiling:>10.0} checks/s");
-    println!("tollgate RedisLimiter, {TASKS} tasks:          {ops:>10.0} checks/s");
-    println!("ratio tollgate / ceiling: {:.2}", ops / ceiling);
+    println!("redis-benchmark EVALSHA, {TASKS} connections, random keys: {ceiling:>10.0} checks/s");
+    println!("per-check: {per_check_hot:.0} checks/s (RedisLimiter::try_acquire, {TASKS} tasks, one hot key)");
+    println!(
+        "per-check, random keys: {per_check:.0} checks/s (ratio to redis-benchmark {:.2})",
+        per_check / ceiling
+    );
+    println!(
+        "pipelined: {pipelined:.0} checks/s (try_acquire_many, batches of {BATCH}, random keys)"
+    );
+    println!(
+        "leased: {leased:.0} checks/s (LeasedLimiter::try_acquire, {TASKS} tasks, one hot key)"
+    );
+    println!(
+        "leased / per-check on a hot key: {:.1}x",
+        leased / per_check_hot
+    );
 }

@@ -84,14 +84,18 @@ local function refill(tokens, mark, k, C, q)
   return tokens, mark
 end
 
-local fields = {}
-for i = 1, count do
-  local s = (i == 1) and '' or tostring(i)
-  fields[#fields + 1] = 't' .. s
-  fields[#fields + 1] = 'm' .. s
-  fields[#fields + 1] = 's' .. s
+local stored
+if count == 1 then
+  stored = redis.call('HMGET', KEYS[1], 't', 'm', 's')
+else
+  local fields = {'t', 'm', 's'}
+  for i = 2, count do
+    fields[#fields + 1] = 't' .. i
+    fields[#fields + 1] = 'm' .. i
+    fields[#fields + 1] = 's' .. i
+  end
+  stored = redis.call('HMGET', KEYS[1], unpack(fields))
 end
-local stored = redis.call('HMGET', KEYS[1], unpack(fields))
 
 local L = {}
 local present = false
@@ -109,6 +113,7 @@ for i = 1, count do
   b.sig = ARGV[base + 1] .. ':' .. ARGV[base + 2] .. ':' .. ARGV[base + 3] .. ':' .. ARGV[base + 4]
   b.k = step_of(now, b.a, b.b)
   local t, m, s = stored[3 * i - 2], stored[3 * i - 1], stored[3 * i]
+  b.new_sig = not s or s ~= b.sig
   if t then
     present = true
     b.tokens, b.mark = tonumber(t), tonumber(m)
@@ -236,8 +241,10 @@ if changed then
       values[#values + 1] = b.tokens
       values[#values + 1] = 'm' .. s
       values[#values + 1] = b.mark
-      values[#values + 1] = 's' .. s
-      values[#values + 1] = b.sig
+      if b.new_sig then
+        values[#values + 1] = 's' .. s
+        values[#values + 1] = b.sig
+      end
     end
     redis.call('HSET', KEYS[1], unpack(values))
     if not explicit then
