@@ -38,7 +38,7 @@ where
                     x ^= x << 17;
                     ops += check(x).await;
                     // Let the other tasks (and the stop) in: a leased check never waits.
-                    if ops % 64 == 0 {
+                    if ops.is_multiple_of(64) {
                         tokio::task::yield_now().await;
                     }
                 }
