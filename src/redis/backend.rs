@@ -114,3 +114,28 @@ impl Backend for RedisLimiter {
         spawn(async move { this.charge(&bytes, n).await });
     }
 }
+
+/// A leased limiter behind the HTTP layer: grants from the lease, denials from Redis. It cannot
+/// give tokens back one request at a time (its grants are local), so a layer of several
+/// policies, or charging by response, refuses to build over it
+/// ([`LayerError::CannotUndo`](crate::http::LayerError::CannotUndo)).
+impl Backend for super::LeasedLimiter {
+    type Error = RedisLimitError;
+    type Future = Pin<Box<dyn Future<Output = Result<Verdict, RedisLimitError>> + Send>>;
+
+    fn acquire(&self, key: &Key, cost: u64) -> Self::Future {
+        let bytes = key_bytes(key);
+        let this = self.clone();
+        Box::pin(async move {
+            match this.try_acquire(&bytes, cost).await {
+                Ok(d) => Ok(Ok(d)),
+                Err(RedisLimitError::InsufficientCapacity(e)) => Ok(Err(e)),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn limit(&self) -> Limit {
+        self.redis().limit()
+    }
+}

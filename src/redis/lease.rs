@@ -1,29 +1,4 @@
-//! Token leasing ([contract §4](crate::contract::redis)): a process takes a batch of tokens
-//! from a key's shared buckets in one script call and grants them locally, at memory speed,
-//! until they run out or the lease ends; what it did not spend goes back as an undo.
-//!
-//! Never over-admits: leased tokens are taken from the shared buckets before any is granted,
-//! so every grant is a token the shared bucket gave. Inexact the other way only: tokens a
-//! process holds are unavailable to the others until it spends or returns them.
-//!
-//! # The bound
-//! With `P` processes leasing a key, at most `P * (max_tokens + n - 1)` tokens are out on
-//! lease at any moment (a process holds one lease per key, of at most `max_tokens`, plus less
-//! than one request's `n` left from the last). That is all a busy key ever loses: a process
-//! whose lease runs out takes the next, so its tokens are granted, not lost. A lease that ends
-//! with tokens unspent (after [`LeaseConfig::hold`], or at [`LeasedLimiter::release_all`])
-//! gives them back as an undo ([contract §2](crate::contract::bucket)): all of them when no
-//! other process refilled the buckets since the lease was taken, else `q` fewer per step
-//! another refilled (at most the unspent tokens: a quiet process, whose leases shrink to what
-//! it spends, has few).
-//!
-//! A grant is counted by the shared bucket when its lease is taken, up to `hold` before the
-//! process grants it: over a window of length `W`, the grants are within the bucket's bound for
-//! a window of `W + hold`.
-//!
-//! Lease sizes adapt per key: each lease aims to last about half of `hold` at the rate the last
-//! one was spent, at most twice the last size and at most `max_tokens`; so a busy process
-//! grows to `max_tokens` in a few leases and a quiet one takes a token or two at a time.
+//! Token leasing ([contract §4](crate::contract::redis)): [`LeasedLimiter`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -34,124 +9,39 @@ use crate::decision::Decision;
 use crate::multi::MultiDecision;
 use crate::state::{self, Outcome};
 
-use super::{Answer, Call, RedisLimitError, RedisLimiter};
+use super::lease_config::Counters;
+use super::{Answer, Call, LeaseConfig, LeaseStats, RedisLimitError, RedisLimiter};
 
-/// How a [`LeasedLimiter`] leases.
+/// Token leasing ([contract §4](crate::contract::redis)): a process takes a batch of tokens
+/// from a key's shared buckets in one script call and grants them locally, at memory speed,
+/// until they run out or the lease ends; what it did not spend goes back as an undo.
 ///
-/// ```
-/// use std::time::Duration;
-/// use tollgate::redis::LeaseConfig;
-/// let config = LeaseConfig::new().expected_processes(8).hold(Duration::from_millis(100));
-/// # let _ = config;
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LeaseConfig {
-    max_tokens: Option<u64>,
-    processes: u64,
-    hold: Duration,
-}
-
-impl Default for LeaseConfig {
-    fn default() -> Self {
-        LeaseConfig {
-            max_tokens: None,
-            processes: 8,
-            hold: Duration::from_millis(250),
-        }
-    }
-}
-
-impl LeaseConfig {
-    /// The defaults: leases of at most an eighth of the capacity (as for 8 processes), held at
-    /// most 250 ms.
-    ///
-    /// ```
-    /// # use tollgate::redis::LeaseConfig;
-    /// assert_eq!(LeaseConfig::new(), LeaseConfig::default());
-    /// ```
-    pub fn new() -> LeaseConfig {
-        LeaseConfig::default()
-    }
-
-    /// At most `n` tokens per lease (at least 1; capped at the capacity).
-    ///
-    /// ```
-    /// # use tollgate::redis::LeaseConfig;
-    /// let config = LeaseConfig::new().max_tokens(100);
-    /// # let _ = config;
-    /// ```
-    pub fn max_tokens(mut self, n: u64) -> LeaseConfig {
-        self.max_tokens = Some(n.max(1));
-        self
-    }
-
-    /// Leases of at most `capacity / processes` tokens (at least 1), so that `processes`
-    /// processes together never hold more than the capacity. Ignored after
-    /// [`max_tokens`](LeaseConfig::max_tokens).
-    ///
-    /// ```
-    /// # use tollgate::redis::LeaseConfig;
-    /// let config = LeaseConfig::new().expected_processes(4);
-    /// # let _ = config;
-    /// ```
-    pub fn expected_processes(mut self, processes: u64) -> LeaseConfig {
-        self.processes = processes.max(1);
-        self
-    }
-
-    /// How long a lease lasts at most (default 250 ms): its unspent tokens then go back.
-    ///
-    /// ```
-    /// # use tollgate::redis::LeaseConfig;
-    /// let config = LeaseConfig::new().hold(std::time::Duration::from_millis(50));
-    /// # let _ = config;
-    /// ```
-    pub fn hold(mut self, hold: Duration) -> LeaseConfig {
-        self.hold = hold.max(Duration::from_millis(1));
-        self
-    }
-}
-
-/// What a [`LeasedLimiter`] did, since it was made.
+/// Never over-admits: leased tokens are taken from the shared buckets before any is granted,
+/// so every grant is a token the shared bucket gave. Inexact the other way only: tokens a
+/// process holds are unavailable to the others until it spends or returns them.
 ///
-/// ```no_run
-/// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
-/// # use tollgate::{redis::{LeaseConfig, RedisLimiter}, Limit};
-/// let limiter = RedisLimiter::new("redis://127.0.0.1/", Limit::per_second(1_000)?, "rl:")
-///     .await?
-///     .leased(LeaseConfig::new());
-/// let _ = limiter.try_acquire(b"ann", 1).await?;
-/// assert_eq!(limiter.stats().leases, 1);
-/// # Ok(()) }
-/// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct LeaseStats {
-    /// Script calls that took (or tried to take) a lease.
-    pub leases: u64,
-    /// Tokens leased.
-    pub leased: u64,
-    /// Grants made from a lease without a round trip.
-    pub local_grants: u64,
-    /// Tokens granted (locally or not).
-    pub granted: u64,
-    /// Tokens given back unspent, and what the undos gave back of them.
-    pub returned: u64,
-    /// See `returned`.
-    pub given_back: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    leases: AtomicU64,
-    leased: AtomicU64,
-    local_grants: AtomicU64,
-    granted: AtomicU64,
-    returned: AtomicU64,
-    given_back: AtomicU64,
-}
-
-/// A [`RedisLimiter`] that leases: see the [module docs](self) for what it costs and bounds.
+/// # The bound
+/// With `P` processes leasing a key, at most `P * (max_tokens + n - 1)` tokens are out on
+/// lease at any moment (a process holds one lease per key, of at most `max_tokens`, plus less
+/// than one request's `n` left from the last). That is all a busy key ever loses: a process
+/// whose lease runs out takes the next, so its tokens are granted, not lost. A lease that ends
+/// with tokens unspent (after [`LeaseConfig::hold`], or at [`LeasedLimiter::release_all`])
+/// gives them back as an undo ([contract §2](crate::contract::bucket)): all of them when no
+/// other process refilled the buckets since the lease was taken, else `q` fewer per step
+/// another refilled (at most the unspent tokens: a quiet process, whose leases shrink to what
+/// it spends, has few).
+///
+/// A grant is counted by the shared bucket when its lease is taken, up to `hold` before the
+/// process grants it: over a window of length `W`, the grants are within the bucket's bound for
+/// a window of `W + hold`.
+///
+/// A denial comes from Redis (exact) and stands locally until its `retry_after`, without a
+/// round trip: tokens another process gives back meanwhile wait for that time.
+///
+/// Lease sizes adapt per key: each lease aims to last about half of `hold` at the rate the last
+/// one was spent, at most twice the last size and at most `max_tokens`; so a busy process
+/// grows to `max_tokens` in a few leases and a quiet one takes a token or two at a time.
+///
 /// Cloning is cheap; clones share the leases. Call [`release_all`](LeasedLimiter::release_all)
 /// at shutdown (dropping the last clone inside a Tokio runtime does it in the background).
 ///

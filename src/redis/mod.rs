@@ -50,24 +50,28 @@ use std::time::Duration;
 use crate::decision::{Decision, InsufficientCapacity};
 use crate::limit::Limit;
 use crate::multi::MultiDecision;
-use crate::state::{self, Outcome};
+use crate::state;
 use crate::sync::ArcCell;
 
 #[cfg(feature = "http")]
 mod backend;
 mod builder;
+mod call;
 mod conn;
 mod denials;
 mod error;
 mod lease;
+mod lease_config;
 mod limits;
 mod ops;
 
 pub use builder::RedisLimiterBuilder;
 pub use error::{Outage, RedisLimitError, UnsupportedLimit};
-pub use lease::{LeaseConfig, LeaseStats, LeasedLimiter};
+pub use lease::LeasedLimiter;
+pub use lease_config::{LeaseConfig, LeaseStats};
 pub use ops::RedisReservation;
 
+use call::{parse, Answer, Call, Reply};
 use conn::Conn;
 use denials::{DenialCache, Denied};
 use limits::{Table, LUA_EXACT};
@@ -129,109 +133,6 @@ impl fmt::Debug for RedisLimiter {
             .field("on_failure", &self.on_failure)
             .finish_non_exhaustive()
     }
-}
-
-/// One script call: the op, its tokens, and an undo to run first.
-#[derive(Clone, Copy, Debug)]
-struct Call<'a> {
-    /// `"a"` acquire, `"r"` refund, `"c"` charge, `"l"` lease, `"u"` only the undo.
-    op: &'static str,
-    n: u64,
-    now_us: Option<u64>,
-    /// Lease size (op `"l"`).
-    lease: u64,
-    /// Tokens to undo first, taken at `taken` (one mark per limit).
-    undo: u64,
-    taken: &'a [u64],
-}
-
-impl Call<'_> {
-    fn new(op: &'static str, n: u64, now_us: Option<u64>) -> Call<'static> {
-        Call {
-            op,
-            n,
-            now_us,
-            lease: 0,
-            undo: 0,
-            taken: &[],
-        }
-    }
-}
-
-/// What the script answered, with the limits it ran under.
-#[derive(Clone, Debug)]
-struct Reply {
-    allowed: bool,
-    now_us: u64,
-    /// Tokens leased (op `"l"`).
-    taken: u64,
-    /// Tokens the undo gave back (the least over the limits).
-    given: u64,
-    /// Tokens and mark after the call, per limit.
-    buckets: Vec<(u64, u64)>,
-    table: Arc<Table>,
-    tier: usize,
-}
-
-impl Reply {
-    /// Every limit's decision for `n` tokens, and which one speaks for the call: a denial's
-    /// first denying limit, else the limit with the fewest tokens left.
-    fn decide(&self, n: u64) -> MultiDecision {
-        let now_ns = self.now_us.saturating_mul(1000);
-        let mut best: Option<MultiDecision> = None;
-        for (index, (limit, &(tokens, mark))) in
-            self.table.limits(self.tier).zip(&self.buckets).enumerate()
-        {
-            let allowed = self.allowed || tokens >= n;
-            let out = Outcome {
-                allowed,
-                tokens,
-                mark,
-                write: None,
-            };
-            let decision = Decision::new(&limit.steps, &out, n, now_ns, 0);
-            if !allowed {
-                return MultiDecision { decision, index };
-            }
-            if best.is_none_or(|b| tokens < b.decision.remaining()) {
-                best = Some(MultiDecision { decision, index });
-            }
-        }
-        best.unwrap_or_else(|| unreachable!("a key has at least one limit"))
-    }
-
-    /// A snapshot's answer to "would `n` tokens be granted": the first limit with fewer than
-    /// `n` tokens, else the one with the fewest (the decisions are the snapshot's).
-    fn peek(&self, n: u64) -> MultiDecision {
-        let all = self.decide(0);
-        let now_ns = self.now_us.saturating_mul(1000);
-        for (index, (limit, &(tokens, mark))) in
-            self.table.limits(self.tier).zip(&self.buckets).enumerate()
-        {
-            if tokens < n {
-                let out = Outcome {
-                    allowed: true,
-                    tokens,
-                    mark,
-                    write: None,
-                };
-                let decision = Decision::new(&limit.steps, &out, 0, now_ns, 0);
-                return MultiDecision { decision, index };
-            }
-        }
-        all
-    }
-
-    /// The marks after the call, one per limit (what an undo of this call's take needs).
-    fn marks(&self) -> Vec<u64> {
-        self.buckets.iter().map(|&(_, m)| m).collect()
-    }
-}
-
-/// A script call's result: Redis's answer, or a decision made without it.
-enum Answer {
-    Redis(Reply),
-    Degraded(Decision),
 }
 
 impl RedisLimiter {
@@ -610,27 +511,4 @@ impl RedisLimiter {
             index: denied.which,
         })
     }
-}
-
-/// The script's reply: `{allowed, now, taken, given, tokens and mark per limit}`.
-fn parse(reply: Vec<i64>, table: Arc<Table>, tier: usize) -> Result<Reply, RedisLimitError> {
-    let well_formed = reply.len() == 4 + 2 * table.count() && reply.iter().all(|&v| v >= 0);
-    let [allowed, now_us, taken, given, ref rest @ ..] = reply[..] else {
-        return Err(RedisLimitError::Protocol(reply));
-    };
-    if !well_formed {
-        return Err(RedisLimitError::Protocol(reply));
-    }
-    Ok(Reply {
-        allowed: allowed == 1,
-        now_us: now_us as u64,
-        taken: taken as u64,
-        given: given as u64,
-        buckets: rest
-            .chunks_exact(2)
-            .map(|p| (p[0] as u64, p[1] as u64))
-            .collect(),
-        table,
-        tier,
-    })
 }

@@ -23,6 +23,10 @@ impl Server {
             .status()
             .is_ok_and(|s| s.success());
         if !found {
+            assert!(
+                std::env::var_os("TOLLGATE_REQUIRE_REDIS").is_none(),
+                "redis-server is required (TOLLGATE_REQUIRE_REDIS is set)"
+            );
             eprintln!("skipping: redis-server not found (apt-get install -y redis-server)");
             return None;
         }
