@@ -350,3 +350,59 @@ async fn an_http_layer_of_two_redis_policies_is_all_or_nothing() {
     let left = global.snapshot(b"g").await.unwrap().remaining();
     assert_eq!(left, 97, "refused requests drained the global policy");
 }
+
+/// Charging by response over Redis: successes given back (an undo), failures charged extra;
+/// both are sent after the response, so the test waits for them to land.
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn charging_by_response_reaches_redis() {
+    use tollgate::http::{Charge, KeyExtractor, RateLimitLayer};
+    use tower::{Layer, Service, ServiceExt};
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let logins = connect(&server, Limit::per_hour(10).unwrap(), "login:").await;
+    let layer = RateLimitLayer::builder(logins.clone())
+        .key(KeyExtractor::header(http::HeaderName::from_static(
+            "x-user",
+        )))
+        .charge_by_response(|res| {
+            if res.status.is_success() {
+                Charge::Undo
+            } else {
+                Charge::Extra(2)
+            }
+        })
+        .build()
+        .expect("charging over redis builds: redis can undo");
+    type Body = http_body_util::Full<bytes::Bytes>;
+    let mut svc = layer.layer(tower::service_fn(|req: http::Request<Body>| async move {
+        let mut res = http::Response::new(Body::default());
+        if req.uri().path() == "/bad" {
+            *res.status_mut() = http::StatusCode::UNAUTHORIZED;
+        }
+        Ok::<_, std::convert::Infallible>(res)
+    }));
+    for (path, status) in [("/ok", 200), ("/ok", 200), ("/bad", 401)] {
+        let req = http::Request::get(path)
+            .header("x-user", "ann")
+            .body(Body::default())
+            .unwrap();
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(res.status().as_u16(), status);
+    }
+    // Two successes given back, one failure: 1 + 2 extra = 3 tokens gone.
+    let want = 10 - 3;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = logins.snapshot(b"h:ann").await.unwrap().remaining();
+        if left == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} left, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
