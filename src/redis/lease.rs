@@ -272,6 +272,23 @@ impl LeasedLimiter {
         if n == 0 {
             return inner.redis.snapshot(key).await;
         }
+        // The hot path: a grant from the lease, under the map's guard (no reference count).
+        if let Some(d) = inner.leases.pin().get(key).and_then(|l| self.local(l, n)) {
+            return Ok(d);
+        }
+        let capacity = inner
+            .redis
+            .table
+            .with(|t| t.capacity(inner.redis.tier(key)));
+        if n > capacity {
+            // Before touching the lease: nothing to give back.
+            return Err(RedisLimitError::InsufficientCapacity(
+                crate::decision::InsufficientCapacity {
+                    requested: n,
+                    capacity,
+                },
+            ));
+        }
         loop {
             let lease = inner.lease(key);
             if let Some(d) = self.local(&lease, n) {
@@ -317,8 +334,6 @@ impl LeasedLimiter {
     }
 
     fn granted(&self, lease: &Lease, now: u64, left: u64, n: u64) -> Option<Decision> {
-        let table = self.inner.redis.table.load();
-        let steps = &table.limits(lease.tier).next()?.steps;
         let out = Outcome {
             allowed: true,
             tokens: left,
@@ -327,7 +342,11 @@ impl LeasedLimiter {
             write: None,
         };
         let server_now = now.wrapping_add(lease.offset.load(Ordering::Relaxed));
-        Some(Decision::new(steps, &out, n, server_now, 0))
+        // `with`: no reference count taken on the hot path.
+        self.inner.redis.table.with(|table| {
+            let steps = &table.limits(lease.tier).next()?.steps;
+            Some(Decision::new(steps, &out, n, server_now, 0))
+        })
     }
 
     /// The denial Redis made, refilled to now (nobody else can have added tokens but by an
