@@ -406,3 +406,46 @@ async fn charging_by_response_reaches_redis() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A `Reset` change resets a bucket once: a process still on the earlier limit that writes the
+/// bucket after the change does not earn it another reset. Setting the same limit again with
+/// `Reset` is a change too. An undo across a change gives nothing back.
+#[tokio::test]
+async fn a_reset_applies_once_and_an_undo_across_a_change_gives_nothing() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let limit = Limit::per_hour(10).unwrap();
+    let old = connect(&server, limit, "reset:").await;
+    let new = connect(&server, limit, "reset:").await;
+    let t0: u64 = 1_700_000_000_000_000;
+    let k = b"ann";
+    assert_eq!(old.try_acquire_at(k, 8, t0).await.unwrap().remaining(), 2);
+    new.set_tier_limit_at(0, limit, Inherit::Reset, Some(t0 + 1_000))
+        .unwrap();
+    // The bucket was written before the change: reset.
+    assert_eq!(
+        new.try_acquire_at(k, 1, t0 + 2_000)
+            .await
+            .unwrap()
+            .remaining(),
+        9
+    );
+    // A process on the earlier limit writes it after the change...
+    assert_eq!(
+        old.try_acquire_at(k, 9, t0 + 3_000)
+            .await
+            .unwrap()
+            .remaining(),
+        0
+    );
+    // ... and it keeps its tokens: no second reset.
+    assert_eq!(new.snapshot_at(k, t0 + 4_000).await.unwrap().remaining(), 0);
+
+    // An undo across a change: the take's steps were another limit's; nothing comes back.
+    let b = b"bob";
+    let r = new.reserve_at(b, 5, t0).await.unwrap().unwrap();
+    new.set_tier_limit_at(0, Limit::per_hour(20).unwrap(), Inherit::Keep, Some(t0 + 1))
+        .unwrap();
+    assert_eq!(r.cancel_at(t0 + 2).await.unwrap().remaining(), 5);
+}

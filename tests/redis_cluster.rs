@@ -45,13 +45,14 @@ fn have(bin: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Six free ports whose cluster bus ports (+10000) are free too.
+/// Six free ports whose cluster bus ports (+10000) are free too, all below Linux's ephemeral
+/// ports (32768 and up).
 fn free_ports() -> Vec<u16> {
     let mut ports = Vec::new();
-    let mut candidate = 20_000 + (std::process::id() % 2_000) as u16 * 4;
+    let mut candidate = 10_000 + (std::process::id() % 1_500) as u16 * 4;
     while ports.len() < 6 {
-        candidate = if candidate >= 29_990 {
-            20_000
+        candidate = if candidate >= 16_990 {
+            10_000
         } else {
             candidate + 1
         };

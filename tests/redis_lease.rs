@@ -90,20 +90,25 @@ async fn four_processes_never_over_admit_and_under_admit_within_the_bound() {
     let q = 20;
     let given = q * (m_end - m0);
     let by_first_stop = q * (first_stop / 1000 - m0);
-    let bound = PROCESSES * MAX_LEASE + q;
+    // The documented bound: P * (L + n - 1), n = 1.
+    let bound = PROCESSES * MAX_LEASE;
+    let taken = given - left;
     eprintln!(
-        "granted {granted}; the bucket gave {} (refilled {given}, {left} left); refilled by the \
-         first process's stop {by_first_stop}; under-admission bound {bound}",
-        given - left
+        "granted {granted}; the bucket gave {taken} (refilled {given}, {left} left): {} lost to \
+         leasing (bound {bound}); refilled by the first process's stop {by_first_stop}",
+        taken.saturating_sub(granted)
     );
+    assert!(granted <= taken, "over-admitted: {granted} > {taken}");
     assert!(
-        granted <= given - left,
-        "over-admitted: {granted} > {}",
-        given - left
+        taken - granted <= bound,
+        "under-admitted past the bound: {taken} taken, {granted} granted, bound {bound}"
     );
+    // And the demand was served while all four asked: what the bucket gave covers its refills
+    // up to the first stop, but for what a starved machine may not have asked for in its last
+    // 100 ms.
     assert!(
-        granted + bound >= by_first_stop,
-        "under-admitted past the bound: {granted} + {bound} < {by_first_stop}"
+        taken + q * 100 >= by_first_stop,
+        "the bucket kept tokens while four processes asked: {taken} < {by_first_stop}"
     );
 }
 
@@ -196,22 +201,24 @@ async fn a_quiet_process_holds_little() {
 }
 
 /// Unspent tokens go back as an undo: at `release_all`, and when a lease ends (the sweep);
-/// all of them when no other process refilled the bucket meanwhile.
+/// all of them when no other process refilled the bucket meanwhile. The limit's one step lasts
+/// 34 years (the next boundary is in 2038), so no refill moves the numbers.
 #[tokio::test]
 async fn unspent_tokens_come_back() {
     let Some(server) = Server::start() else {
         return;
     };
-    let hourly = Limit::per_hour(1_000).unwrap();
-    let redis = RedisLimiter::builder(&server.url(), hourly, "back:")
+    let slow = Limit::new(1_000, 1_000, Duration::from_secs(1 << 30)).unwrap();
+    let redis = RedisLimiter::builder(&server.url(), slow, "back:")
         .timeout(Duration::from_secs(2))
         .connect()
         .await
         .unwrap();
+    // A lease held far longer than the test: only `release_all` returns it.
     let leased = redis.clone().leased(
         LeaseConfig::new()
             .max_tokens(100)
-            .hold(Duration::from_millis(50)),
+            .hold(Duration::from_secs(3_600)),
     );
     // Grow the lease: each renewal may double it.
     for _ in 0..40 {
@@ -227,13 +234,18 @@ async fn unspent_tokens_come_back() {
     assert_eq!(leased.release_all().await, held);
     assert_eq!(redis.snapshot(b"a").await.unwrap().remaining(), 1_000 - 40);
 
-    // A lease that ends is returned by the sweep.
+    // A lease that ends (after 50 ms) is returned by the sweep.
+    let short = redis.leased(
+        LeaseConfig::new()
+            .max_tokens(100)
+            .hold(Duration::from_millis(50)),
+    );
     for _ in 0..10 {
-        assert!(leased.try_acquire(b"b", 1).await.unwrap().is_allowed());
+        assert!(short.try_acquire(b"b", 1).await.unwrap().is_allowed());
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let left = redis.snapshot(b"b").await.unwrap().remaining();
+        let left = short.redis().snapshot(b"b").await.unwrap().remaining();
         if left == 1_000 - 10 {
             break;
         }

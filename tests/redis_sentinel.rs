@@ -39,7 +39,7 @@ fn cli(port: u16, args: &[&str]) -> String {
 }
 
 fn free_port(after: u16) -> u16 {
-    (after + 1..40_000)
+    (after + 1..32_000)
         .find(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
         .expect("a free port")
 }
@@ -76,13 +76,20 @@ impl Nodes {
             children: Vec::new(),
             dir,
         };
-        let base = 30_000 + (std::process::id() % 5_000) as u16;
+        // Below Linux's ephemeral ports (32768 and up), away from the cluster test's.
+        let base = 17_000 + (std::process::id() % 2_000) as u16;
         let master = free_port(base);
         let replica = free_port(master);
         let sentinel = free_port(replica);
+        let root = nodes.dir.clone();
         let server = |port: u16, extra: &[String]| {
+            // Each node its own directory: a replica writes its copy of the data there.
+            let dir = root.join(port.to_string());
+            std::fs::create_dir_all(&dir).unwrap();
             Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .arg("--dir")
+                .arg(&dir)
                 .args(["--save", "", "--appendonly", "no"])
                 .args(["--repl-diskless-sync-delay", "0"])
                 .args(extra)

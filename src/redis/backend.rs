@@ -95,16 +95,27 @@ impl Backend for RedisLimiter {
         let bytes = key_bytes(key);
         let this = self.clone();
         let at_ns = taken.now_ns();
+        let (rate, capacity) = (*taken.rate(), taken.capacity());
         spawn(async move {
-            let marks: Vec<u64> = {
+            let marks: Option<Vec<u64>> = {
                 let table = this.table.load();
                 let tier = this.tier(&bytes);
-                table
-                    .limits(tier)
-                    .map(|l| l.steps.step_index(at_ns))
-                    .collect()
+                // A limit changed since the take: its steps are another limit's, and nothing
+                // tells how many passed; give nothing back (never more than the exact undo).
+                let first = table.limits(tier).next().map(|l| &l.steps);
+                first
+                    .is_some_and(|s| *s.rate() == rate && s.cap == capacity)
+                    .then(|| {
+                        table
+                            .limits(tier)
+                            .map(|l| l.steps.step_index(at_ns))
+                            .collect()
+                    })
             };
-            this.undo_at(&bytes, cost, &marks, None).await
+            match marks {
+                Some(marks) => this.undo_at(&bytes, cost, &marks, None).await,
+                None => this.snapshot(&bytes).await,
+            }
         });
     }
 

@@ -12,6 +12,11 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::SentinelClient;
 use redis::{RedisResult, ScriptInvocation};
 
+use super::Outage;
+
+/// One call's answer in a batch: Redis's, or no answer within the timeout.
+pub(super) type CallResult = Result<RedisResult<Vec<i64>>, Duration>;
+
 /// Where the limiter's buckets live.
 #[derive(Clone)]
 pub(super) enum Conn {
@@ -107,19 +112,36 @@ impl Conn {
     }
 
     /// Runs many script calls in one round trip (a pipeline; on a cluster, concurrently: one
-    /// pipeline cannot span slots). The script is loaded first when a call says `NOSCRIPT`
-    /// (such a call did nothing), and those calls are sent again.
+    /// pipeline cannot span slots), within `timeout`: the whole pipeline, or on a cluster each
+    /// call (a dead master fails only its own keys' calls). The script is loaded first when a
+    /// call says `NOSCRIPT` (such a call did nothing), and those calls are sent again.
     pub(super) async fn invoke_many(
         &self,
         invs: &[ScriptInvocation<'_>],
-    ) -> RedisResult<Vec<RedisResult<Vec<i64>>>> {
+        timeout: Duration,
+    ) -> Result<Vec<CallResult>, Outage> {
+        let whole = |r: Result<RedisResult<Vec<RedisResult<Vec<i64>>>>, _>| match r {
+            Ok(Ok(all)) => Ok(all.into_iter().map(Ok).collect()),
+            Ok(Err(e)) => Err(Outage::Redis(e)),
+            Err(_) => Err(Outage::Timeout(timeout)),
+        };
         match self {
-            Conn::Single(c) => pipeline(&mut c.clone(), invs).await,
-            Conn::Sentinel(s) => pipeline(&mut (**s.current.load()).clone(), invs).await,
+            Conn::Single(c) => {
+                whole(tokio::time::timeout(timeout, pipeline(&mut c.clone(), invs)).await)
+            }
+            Conn::Sentinel(s) => {
+                let mut c = (**s.current.load()).clone();
+                whole(tokio::time::timeout(timeout, pipeline(&mut c, invs)).await)
+            }
             Conn::Cluster(c) => {
                 let calls = invs.iter().map(|inv| {
                     let mut c = c.clone();
-                    async move { inv.invoke_async(&mut c).await }
+                    async move {
+                        match tokio::time::timeout(timeout, inv.invoke_async(&mut c)).await {
+                            Ok(r) => Ok(r),
+                            Err(_) => Err(timeout),
+                        }
+                    }
                 });
                 Ok(futures_util::future::join_all(calls).await)
             }

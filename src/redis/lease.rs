@@ -175,7 +175,10 @@ async fn sweep(inner: Weak<Inner>, hold: Duration) {
             inner.give_back(&key, &lease, &mut st).await;
             if now.saturating_sub(st.taken_at) >= inner.hold_ns.saturating_mul(10) {
                 st.retired = true;
-                inner.leases.pin().remove(&key);
+                let _ = inner
+                    .leases
+                    .pin()
+                    .remove_if(&key, |_, l| Arc::ptr_eq(l, &lease));
             }
         }
     }
@@ -294,7 +297,21 @@ impl LeasedLimiter {
             if let Some(d) = self.local(&lease, n) {
                 return Ok(d);
             }
-            let mut st = lease.state.lock().await;
+            // One renewal at a time per key; a wait bounded by the timeout (during an outage
+            // each renewal takes that long: waiters answer by the policy instead of queueing).
+            let timeout = inner.redis.timeout;
+            let Ok(mut st) = tokio::time::timeout(timeout, lease.state.lock()).await else {
+                let table = inner.redis.table.load();
+                return match inner.redis.failed(
+                    &table,
+                    lease.tier,
+                    n,
+                    super::Outage::Timeout(timeout),
+                )? {
+                    Answer::Degraded(d) => Ok(d),
+                    Answer::Redis(reply) => Ok(reply.decide(n).decision),
+                };
+            };
             if st.retired {
                 continue;
             }
@@ -413,7 +430,12 @@ impl LeasedLimiter {
                 .given_back
                 .fetch_add(reply.given, Ordering::Relaxed);
         }
-        st.marks = reply.marks();
+        // Tokens kept from the last lease were taken at its (earlier) marks: an undo of what is
+        // left must count the steps since then, so the earliest marks stay (for the new
+        // tokens too: counting more steps gives back less, never more).
+        if keep == 0 || st.marks.is_empty() {
+            st.marks = reply.marks();
+        }
         let server_ns = reply.now_us.saturating_mul(1000);
         // Relaxed: both are informational, published by the Release stores below.
         lease
@@ -421,6 +443,10 @@ impl LeasedLimiter {
             .store(server_ns.wrapping_sub(now), Ordering::Relaxed);
         lease.mark.store(reply.buckets[0].1, Ordering::Relaxed);
         if !reply.allowed {
+            if keep == 0 {
+                // Nothing outstanding: an ended lease was given back in this call.
+                st.marks.clear();
+            }
             lease.left.fetch_add(keep, Ordering::Release);
             let d: MultiDecision = reply.decide(need);
             let (tokens, mark) = reply.buckets[d.index];
@@ -445,7 +471,10 @@ impl LeasedLimiter {
         st.size = size;
         st.leased = reply.taken + keep;
         st.taken_at = now;
-        let left = keep + reply.taken - n;
+        // The script takes at least `need = n - keep` when it grants.
+        let Some(left) = (keep + reply.taken).checked_sub(n) else {
+            return Err(RedisLimitError::Protocol(vec![reply.taken as i64]));
+        };
         // Release: the lease's tokens, then its end: a spender that sees the end sees them.
         lease.left.store(left, Ordering::Release);
         lease

@@ -86,7 +86,7 @@ end
 
 local stored
 if count == 1 then
-  stored = redis.call('HMGET', KEYS[1], 't', 'm', 's')
+  stored = redis.call('HMGET', KEYS[1], 't', 'm', 's', 'w')
 else
   local fields = {'t', 'm', 's'}
   for i = 2, count do
@@ -94,8 +94,12 @@ else
     fields[#fields + 1] = 'm' .. i
     fields[#fields + 1] = 's' .. i
   end
+  fields[#fields + 1] = 'w'
   stored = redis.call('HMGET', KEYS[1], unpack(fields))
 end
+-- When the key was last written (microseconds): a reset applies only to a bucket written
+-- before its change.
+local written = tonumber(stored[3 * count + 1])
 
 local L = {}
 local present = false
@@ -110,7 +114,9 @@ for i = 1, count do
     inherit = ARGV[base + 6],
     taken = tonumber(ARGV[base + 7]),
   }
+  -- The limit and the change that made it: the same limit set again (a reset) is a change.
   b.sig = ARGV[base + 1] .. ':' .. ARGV[base + 2] .. ':' .. ARGV[base + 3] .. ':' .. ARGV[base + 4]
+    .. ':' .. ARGV[base + 5]
   b.k = step_of(now, b.a, b.b)
   local t, m, s = stored[3 * i - 2], stored[3 * i - 1], stored[3 * i]
   b.new_sig = not s or s ~= b.sig
@@ -121,7 +127,7 @@ for i = 1, count do
       -- Written under another limit: convert as of the change (state::convert). Refill under
       -- the old limit to the change, keep (capped) or reset the tokens, and mark the new
       -- limit's step of the change; a mark ahead of it moves the change there.
-      local C0, q0, a0, b0 = string.match(s, '^(%d+):(%d+):(%d+):(%d+)$')
+      local C0, q0, a0, b0 = string.match(s, '^(%d+):(%d+):(%d+):(%d+)')
       C0, q0, a0, b0 = tonumber(C0), tonumber(q0), tonumber(a0), tonumber(b0)
       local at = now
       if b.since and b.since < now then
@@ -132,7 +138,11 @@ for i = 1, count do
       if b.mark > k0 then
         at = math.max(at, start_of(b.mark, a0, b0))
       end
-      if b.inherit == 'r' then
+      -- A reset applies to a bucket last written before the change; one written since (by a
+      -- process still on the earlier limit) keeps its tokens, or every such write would
+      -- bring another full bucket. (A key from before `w` was written: by its mark.)
+      if b.inherit == 'r' and b.since
+          and ((written and written < b.since) or (not written and b.mark <= k0)) then
         b.tokens = b.C
       else
         b.tokens = math.min(b.tokens, b.C)
@@ -246,6 +256,8 @@ if changed then
         values[#values + 1] = b.sig
       end
     end
+    values[#values + 1] = 'w'
+    values[#values + 1] = now
     redis.call('HSET', KEYS[1], unpack(values))
     if not explicit then
       if forever then

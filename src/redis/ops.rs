@@ -165,6 +165,7 @@ impl RedisLimiter {
             n,
             decision,
             marks,
+            generation: self.table.with(|t| t.generation),
         }))
     }
 
@@ -248,17 +249,15 @@ impl RedisLimiter {
             sent.push((i, tier, *n));
         }
         if !invs.is_empty() {
-            let answers = tokio::time::timeout(self.timeout, self.con.invoke_many(&invs)).await;
-            let answers = match answers {
-                Ok(Ok(a)) => Ok(a),
-                Ok(Err(e)) => Err(Outage::Redis(e)),
-                Err(_) => Err(Outage::Timeout(self.timeout)),
-            };
+            let answers = self.con.invoke_many(&invs, self.timeout).await;
             for (j, &(i, tier, n)) in sent.iter().enumerate() {
                 let answer = match &answers {
                     Ok(a) => match &a[j] {
-                        Ok(reply) => parse(reply.clone(), table.clone(), tier).map(Answer::Redis),
-                        Err(e) => self.failed(&table, tier, n, Outage::Redis(e.clone())),
+                        Ok(Ok(reply)) => {
+                            parse(reply.clone(), table.clone(), tier).map(Answer::Redis)
+                        }
+                        Ok(Err(e)) => self.failed(&table, tier, n, Outage::Redis(e.clone())),
+                        Err(t) => self.failed(&table, tier, n, Outage::Timeout(*t)),
                     },
                     Err(Outage::Timeout(t)) => self.failed(&table, tier, n, Outage::Timeout(*t)),
                     Err(Outage::Redis(e)) => self.failed(&table, tier, n, Outage::Redis(e.clone())),
@@ -356,6 +355,8 @@ pub struct RedisReservation {
     decision: Decision,
     /// The marks the take left, per limit (`None`: granted without Redis, by the policy).
     marks: Option<Vec<u64>>,
+    /// The limits in force at the take: after a change the marks count another limit's steps.
+    generation: u64,
 }
 
 impl RedisReservation {
@@ -413,7 +414,14 @@ impl RedisReservation {
     }
 
     async fn cancel_inner(self, now_us: Option<u64>) -> Result<Decision, RedisLimitError> {
+        let changed = self.limiter.table.with(|t| t.generation) != self.generation;
         match &self.marks {
+            // After a limit change nothing tells how many of the new limit's steps passed:
+            // nothing is given back (never more than the exact undo).
+            Some(_) if changed => match now_us {
+                Some(t) => self.limiter.snapshot_at(&self.key, t).await,
+                None => self.limiter.snapshot(&self.key).await,
+            },
             Some(marks) => self.limiter.undo_at(&self.key, self.n, marks, now_us).await,
             None => Ok(self.decision),
         }
