@@ -1,6 +1,7 @@
 //! The local denial cache of a [`RedisLimiter`](super::RedisLimiter): after Redis denies a key
-//! until some time, deny it here without a round trip until then (tokens only arrive by
-//! refill, and the wait already counts them).
+//! until some time, deny it here without a round trip until then. The wait counts refills; a
+//! refund, cancel or returned lease from another call is not seen, so a cached denial may
+//! outlast the real one (it only ever denies).
 //!
 //! Time is the server's, advanced by this process's monotonic clock, so it is exact to the
 //! reply's transit time (the estimate lags the server by it: a cached denial may outlast the

@@ -29,7 +29,12 @@ use super::{Answer, Call, LeaseConfig, LeaseStats, RedisLimitError, RedisLimiter
 /// gives them back as an undo ([contract §2](crate::contract::bucket)): all of them when no
 /// other process refilled the buckets since the lease was taken, else `q` fewer per step
 /// another refilled (at most the unspent tokens: a quiet process, whose leases shrink to what
-/// it spends, has few).
+/// it spends, has few). So tokens lost to leasing are at most what the processes held when
+/// their leases ended: under steady demand, at most `P * (max_tokens + n - 1)` at the end.
+///
+/// Outages add to that, on the safe side: a lease whose answer never came (a timeout, after
+/// the script may have run) is lost, and so are unspent tokens whose return failed; they come
+/// back as the bucket refills. Nothing is ever granted twice.
 ///
 /// A grant is counted by the shared bucket when its lease is taken, up to `hold` before the
 /// process grants it: over a window of length `W`, the grants are within the bucket's bound for
@@ -366,8 +371,8 @@ impl LeasedLimiter {
         })
     }
 
-    /// The denial Redis made, refilled to now (nobody else can have added tokens but by an
-    /// undo, which this may miss until `retry_after`).
+    /// The denial Redis made, refilled to now (tokens given back by other calls are missed
+    /// until `retry_after`).
     fn denied(&self, lease: &Lease, now: u64, denial: Denial, n: u64) -> Option<Decision> {
         let table = self.inner.redis.table.load();
         let steps = &table.limits(lease.tier).nth(denial.index)?.steps;

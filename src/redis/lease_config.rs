@@ -1,4 +1,4 @@
-//! How a [`LeasedLimiter`](super::LeasedLimiter)(super::LeasedLimiter) leases, and what it counts.
+//! How a [`LeasedLimiter`](super::LeasedLimiter) leases, and what it counts.
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;

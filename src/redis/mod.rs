@@ -322,6 +322,15 @@ impl RedisLimiter {
     /// [`try_acquire_all`](RedisLimiter::try_acquire_all) at an explicit time, as
     /// [`try_acquire_at`](RedisLimiter::try_acquire_at).
     ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
+    /// # use tollgate::{redis::RedisLimiter, Limit};
+    /// let limiter = RedisLimiter::new("redis://127.0.0.1/", Limit::per_minute(10)?, "t:").await?;
+    /// let d = limiter.try_acquire_all_at(b"ann", 1, 1_700_000_000_000_000).await?;
+    /// # let _ = d;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// As [`try_acquire_at`](RedisLimiter::try_acquire_at).
     pub async fn try_acquire_all_at(
@@ -501,7 +510,8 @@ impl RedisLimiter {
         if n > table.capacity(tier) {
             return None;
         }
-        // The state Redis reported, refilled to now: nobody else can have added tokens.
+        // The state Redis reported, refilled to now (tokens another call gave back are not
+        // seen: a denial may outlast the real one, never the other way).
         let now_ns = denied.server_now_ns();
         let k = steps.step_index(now_ns);
         let word = steps.word(denied.tokens, denied.mark);

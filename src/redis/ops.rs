@@ -32,6 +32,15 @@ impl RedisLimiter {
     /// [`snapshot`](RedisLimiter::snapshot) at an explicit time (microseconds since the Unix
     /// epoch), for deterministic tests.
     ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
+    /// # use tollgate::{redis::RedisLimiter, Limit};
+    /// let limiter = RedisLimiter::new("redis://127.0.0.1/", Limit::per_minute(10)?, "t:").await?;
+    /// let d = limiter.snapshot_at(b"ann", 1_700_000_000_000_000).await?;
+    /// # let _ = d;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// As [`try_acquire_at`](RedisLimiter::try_acquire_at).
     pub async fn snapshot_at(&self, key: &[u8], now_us: u64) -> Result<Decision, RedisLimitError> {
@@ -58,6 +67,15 @@ impl RedisLimiter {
     }
 
     /// [`refund`](RedisLimiter::refund) at an explicit time.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
+    /// # use tollgate::{redis::RedisLimiter, Limit};
+    /// let limiter = RedisLimiter::new("redis://127.0.0.1/", Limit::per_minute(10)?, "t:").await?;
+    /// let d = limiter.refund_at(b"ann", 1, 1_700_000_000_000_000).await?;
+    /// # let _ = d;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`try_acquire_at`](RedisLimiter::try_acquire_at).
@@ -88,6 +106,15 @@ impl RedisLimiter {
     }
 
     /// [`charge`](RedisLimiter::charge) at an explicit time.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
+    /// # use tollgate::{redis::RedisLimiter, Limit};
+    /// let limiter = RedisLimiter::new("redis://127.0.0.1/", Limit::per_minute(10)?, "t:").await?;
+    /// let d = limiter.charge_at(b"ann", 3, 1_700_000_000_000_000).await?;
+    /// # let _ = d;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`try_acquire_at`](RedisLimiter::try_acquire_at).
@@ -134,6 +161,15 @@ impl RedisLimiter {
     }
 
     /// [`reserve`](RedisLimiter::reserve) at an explicit time.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
+    /// # use tollgate::{redis::RedisLimiter, Limit};
+    /// let limiter = RedisLimiter::new("redis://127.0.0.1/", Limit::per_minute(10)?, "t:").await?;
+    /// let r = limiter.reserve_at(b"ann", 2, 1_700_000_000_000_000).await?;
+    /// # let _ = r;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`try_acquire_at`](RedisLimiter::try_acquire_at).
@@ -207,6 +243,15 @@ impl RedisLimiter {
     }
 
     /// [`try_acquire_many`](RedisLimiter::try_acquire_many) at an explicit time.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
+    /// # use tollgate::{redis::RedisLimiter, Limit};
+    /// let limiter = RedisLimiter::new("redis://127.0.0.1/", Limit::per_minute(10)?, "t:").await?;
+    /// let answers = limiter.try_acquire_many_at(&[(&b"ann"[..], 1)], 1_700_000_000_000_000).await;
+    /// # let _ = answers;
+    /// # Ok(()) }
+    /// ```
     pub async fn try_acquire_many_at<K: AsRef<[u8]>>(
         &self,
         calls: &[(K, u64)],
@@ -298,6 +343,24 @@ impl RedisLimiter {
 
     /// [`set_limit`](RedisLimiter::set_limit) for `tier`.
     ///
+    /// Over Redis a full bucket is no key, so a bucket full at the change is full under the new
+    /// limit (in memory, a `Keep` change that raises the capacity leaves it at the old one). A
+    /// `Reset` applies once to a bucket written before the change; a process still on the
+    /// earlier limit that writes it afterwards earns it no second reset. A reservation taken
+    /// before a change gives nothing back when cancelled after it.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
+    /// # use tollgate::{redis::RedisLimiter, Inherit, Limit};
+    /// let limiter = RedisLimiter::builder("redis://127.0.0.1/", Limit::per_minute(10)?, "rl:")
+    ///     .tiers([Limit::per_minute(100)?], |key: &[u8]| usize::from(key.starts_with(b"pro-")))
+    ///     .connect()
+    ///     .await?;
+    /// limiter.set_tier_limit(1, Limit::per_minute(500)?, Inherit::Reset).await?;
+    /// assert_eq!(limiter.tier_limit(1), Some(Limit::per_minute(500)?));
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// As [`set_limit`](RedisLimiter::set_limit), and [`RedisLimitError::UnknownTier`] past
     /// the last tier.
@@ -319,6 +382,14 @@ impl RedisLimiter {
     /// [`set_tier_limit`](RedisLimiter::set_tier_limit) as of an explicit time (microseconds
     /// since the Unix epoch; `None`: each bucket converts as of its next call), for
     /// deterministic tests and for processes told the time of a change.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
+    /// # use tollgate::{redis::RedisLimiter, Inherit, Limit};
+    /// let limiter = RedisLimiter::new("redis://127.0.0.1/", Limit::per_minute(10)?, "t:").await?;
+    /// limiter.set_tier_limit_at(0, Limit::per_minute(5)?, Inherit::Keep, Some(1_700_000_000_000_000))?;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`set_tier_limit`](RedisLimiter::set_tier_limit).
@@ -406,6 +477,16 @@ impl RedisReservation {
     }
 
     /// [`cancel`](RedisReservation::cancel) at an explicit time.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
+    /// # use tollgate::{redis::RedisLimiter, Limit};
+    /// let limiter = RedisLimiter::new("redis://127.0.0.1/", Limit::per_minute(10)?, "t:").await?;
+    /// if let Ok(r) = limiter.reserve_at(b"ann", 2, 1_700_000_000_000_000).await? {
+    ///     r.cancel_at(1_700_000_000_000_001).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// As [`RedisLimiter::refund_at`].
