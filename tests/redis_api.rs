@@ -15,6 +15,12 @@ use support::*;
 use tollgate::redis::{RedisLimitError, RedisLimiter, UnsupportedLimit};
 use tollgate::{Inherit, KeyedLimiter, Limit, ManualClock, MultiBucket, TokenBucket};
 
+/// `n` tokens that come back only in 2038 (one step of 2^30 s from the Unix epoch): for tests
+/// on the server's clock that count tokens exactly, no refill can land mid-test.
+fn frozen(n: u64) -> Limit {
+    Limit::new(n, n, Duration::from_secs(1 << 30)).unwrap()
+}
+
 fn limits() -> Vec<Limit> {
     vec![
         Limit::new(10, 2, Duration::from_secs(1)).unwrap(),
@@ -324,8 +330,8 @@ async fn an_http_layer_of_two_redis_policies_is_all_or_nothing() {
     let Some(server) = Server::start() else {
         return;
     };
-    let per_user = connect(&server, Limit::per_hour(3).unwrap(), "user:").await;
-    let global = connect(&server, Limit::per_hour(100).unwrap(), "global:").await;
+    let per_user = connect(&server, frozen(3), "user:").await;
+    let global = connect(&server, frozen(100), "global:").await;
     let layer = RateLimitLayer::from_policy(Policy::new("user", per_user.clone()).key(
         KeyExtractor::header(http::HeaderName::from_static("x-user")),
     ))
@@ -361,7 +367,7 @@ async fn charging_by_response_reaches_redis() {
     let Some(server) = Server::start() else {
         return;
     };
-    let logins = connect(&server, Limit::per_hour(10).unwrap(), "login:").await;
+    let logins = connect(&server, frozen(10), "login:").await;
     let layer = RateLimitLayer::builder(logins.clone())
         .key(KeyExtractor::header(http::HeaderName::from_static(
             "x-user",
@@ -441,6 +447,12 @@ async fn a_reset_applies_once_and_an_undo_across_a_change_gives_nothing() {
     );
     // ... and it keeps its tokens: no second reset.
     assert_eq!(new.snapshot_at(k, t0 + 4_000).await.unwrap().remaining(), 0);
+
+    // A reset needs the time of its change.
+    assert!(matches!(
+        new.set_tier_limit_at(0, limit, Inherit::Reset, None),
+        Err(RedisLimitError::ResetWithoutTime)
+    ));
 
     // An undo across a change: the take's steps were another limit's; nothing comes back.
     let b = b"bob";

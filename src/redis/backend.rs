@@ -95,22 +95,22 @@ impl Backend for RedisLimiter {
         let bytes = key_bytes(key);
         let this = self.clone();
         let at_ns = taken.now_ns();
-        let (rate, capacity) = (*taken.rate(), taken.capacity());
         spawn(async move {
             let marks: Option<Vec<u64>> = {
                 let table = this.table.load();
                 let tier = this.tier(&bytes);
-                // A limit changed since the take: its steps are another limit's, and nothing
-                // tells how many passed; give nothing back (never more than the exact undo).
-                let first = table.limits(tier).next().map(|l| &l.steps);
-                first
-                    .is_some_and(|s| *s.rate() == rate && s.cap == capacity)
-                    .then(|| {
-                        table
-                            .limits(tier)
-                            .map(|l| l.steps.step_index(at_ns))
-                            .collect()
-                    })
+                // A limit changed at or after the take (its time is the server's, as the
+                // take's): the steps since are another limit's, or a reset came between; give
+                // nothing back (never more than the exact undo).
+                let changed = table
+                    .limits(tier)
+                    .any(|l| l.since_us.is_some_and(|s| s.saturating_mul(1000) >= at_ns));
+                (!changed).then(|| {
+                    table
+                        .limits(tier)
+                        .map(|l| l.steps.step_index(at_ns))
+                        .collect()
+                })
             };
             match marks {
                 Some(marks) => this.undo_at(&bytes, cost, &marks, None).await,

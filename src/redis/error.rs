@@ -46,6 +46,10 @@ pub enum RedisLimitError {
         /// The tier asked for.
         tier: usize,
     },
+    /// A `Reset` limit change needs the time of the change (it resets the buckets written
+    /// before it, once): give [`set_tier_limit_at`](super::RedisLimiter::set_tier_limit_at) a
+    /// time.
+    ResetWithoutTime,
 }
 
 impl fmt::Display for RedisLimitError {
@@ -70,6 +74,9 @@ impl fmt::Display for RedisLimitError {
                  follows MOVED/ASK redirects"
             ),
             RedisLimitError::UnknownTier { tier } => write!(f, "no tier {tier}"),
+            RedisLimitError::ResetWithoutTime => {
+                write!(f, "a Reset limit change needs the time of the change")
+            }
         }
     }
 }

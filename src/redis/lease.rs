@@ -122,6 +122,9 @@ struct State {
     taken_at: u64,
     /// Removed from the map: look the key up again.
     retired: bool,
+    /// The limits the marks were taken under: after a change they count another limit's
+    /// steps (or a reset came between), and unspent tokens are not given back.
+    generation: u64,
 }
 
 impl RedisLimiter {
@@ -194,7 +197,9 @@ impl Inner {
     async fn give_back(&self, key: &[u8], lease: &Lease, st: &mut State) {
         // AcqRel: takes every token no spender took; a spender after this sees 0.
         let unspent = lease.left.swap(0, Ordering::AcqRel);
-        if unspent == 0 || st.marks.is_empty() {
+        let changed = self.redis.table.with(|t| t.generation) != st.generation;
+        if unspent == 0 || st.marks.is_empty() || changed {
+            st.marks.clear();
             return;
         }
         self.counters.returned.fetch_add(unspent, Ordering::Relaxed);
@@ -302,20 +307,12 @@ impl LeasedLimiter {
             if let Some(d) = self.local(&lease, n) {
                 return Ok(d);
             }
-            // One renewal at a time per key; a wait bounded by the timeout (during an outage
-            // each renewal takes that long: waiters answer by the policy instead of queueing).
+            // One renewal at a time per key, a wait bounded by the timeout: past it (a slow
+            // renewal, or an outage where each takes that long) this call is decided on Redis
+            // as a plain acquire, within its own timeout, then the failure policy.
             let timeout = inner.redis.timeout;
             let Ok(mut st) = tokio::time::timeout(timeout, lease.state.lock()).await else {
-                let table = inner.redis.table.load();
-                return match inner.redis.failed(
-                    &table,
-                    lease.tier,
-                    n,
-                    super::Outage::Timeout(timeout),
-                )? {
-                    Answer::Degraded(d) => Ok(d),
-                    Answer::Redis(reply) => Ok(reply.decide(n).decision),
-                };
+                return inner.redis.try_acquire(key, n).await;
             };
             if st.retired {
                 continue;
@@ -403,6 +400,10 @@ impl LeasedLimiter {
         let need = n - keep; // keep < n: the lease could not grant n
         let cap = inner.redis.table.load().capacity(lease.tier);
         let size = inner.size(st, now, unspent, cap).max(need);
+        if inner.redis.table.with(|t| t.generation) != st.generation {
+            // A limit change since the marks: nothing of the last lease is given back.
+            st.marks.clear();
+        }
         let call = Call {
             lease: size,
             undo: if st.marks.is_empty() { 0 } else { unspent },
@@ -440,6 +441,7 @@ impl LeasedLimiter {
         // tokens too: counting more steps gives back less, never more).
         if keep == 0 || st.marks.is_empty() {
             st.marks = reply.marks();
+            st.generation = reply.table.generation;
         }
         let server_ns = reply.now_us.saturating_mul(1000);
         // Relaxed: both are informational, published by the Release stores below.
@@ -468,6 +470,11 @@ impl LeasedLimiter {
                 .store(now.saturating_add(wait), Ordering::Release);
             return Ok(d.decision);
         }
+        // The script takes at least `need = n - keep` when it grants.
+        let Some(left) = (keep + reply.taken).checked_sub(n) else {
+            lease.left.fetch_add(keep + reply.taken, Ordering::Release);
+            return Err(RedisLimitError::Protocol(vec![reply.taken as i64]));
+        };
         inner
             .counters
             .leased
@@ -476,10 +483,6 @@ impl LeasedLimiter {
         st.size = size;
         st.leased = reply.taken + keep;
         st.taken_at = now;
-        // The script takes at least `need = n - keep` when it grants.
-        let Some(left) = (keep + reply.taken).checked_sub(n) else {
-            return Err(RedisLimitError::Protocol(vec![reply.taken as i64]));
-        };
         // Release: the lease's tokens, then its end: a spender that sees the end sees them.
         lease.left.store(left, Ordering::Release);
         lease
@@ -572,7 +575,8 @@ impl Drop for Inner {
             .filter_map(|(k, l)| {
                 let st = l.state.try_lock().ok()?;
                 let unspent = l.left.swap(0, Ordering::AcqRel);
-                (unspent > 0 && !st.marks.is_empty())
+                let same = self.redis.table.with(|t| t.generation) == st.generation;
+                (unspent > 0 && !st.marks.is_empty() && same)
                     .then(|| (k.clone(), unspent, st.marks.clone()))
             })
             .collect();

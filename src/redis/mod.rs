@@ -433,7 +433,7 @@ impl RedisLimiter {
             OnFailure::ReturnError => Err(RedisLimitError::Unavailable(why)),
             policy => {
                 self.log_degraded(policy, &why);
-                let steps = &table.tiers[tier].steps;
+                let steps = &table.tiers.get(tier).unwrap_or(&table.tiers[0]).steps;
                 Ok(Answer::Degraded(Decision::degraded(
                     steps,
                     policy == OnFailure::FailOpen,

@@ -188,9 +188,14 @@ impl RedisLimiter {
         n: u64,
         now_us: Option<u64>,
     ) -> Result<Result<RedisReservation, Decision>, RedisLimitError> {
-        let (decision, marks) = match self.run(key, Call::new("a", n, now_us)).await? {
-            Answer::Redis(reply) => (reply.decide(n).decision, Some(reply.marks())),
-            Answer::Degraded(d) => (d, None),
+        let (decision, marks, generation) = match self.run(key, Call::new("a", n, now_us)).await? {
+            // The limits the take ran under (a change during the call is a change after it).
+            Answer::Redis(reply) => (
+                reply.decide(n).decision,
+                Some(reply.marks()),
+                reply.table.generation,
+            ),
+            Answer::Degraded(d) => (d, None, 0),
         };
         if decision.is_denied() {
             return Ok(Err(decision));
@@ -201,7 +206,7 @@ impl RedisLimiter {
             n,
             decision,
             marks,
-            generation: self.table.with(|t| t.generation),
+            generation,
         }))
     }
 
@@ -345,9 +350,10 @@ impl RedisLimiter {
     ///
     /// Over Redis a full bucket is no key, so a bucket full at the change is full under the new
     /// limit (in memory, a `Keep` change that raises the capacity leaves it at the old one). A
-    /// `Reset` applies once to a bucket written before the change; a process still on the
-    /// earlier limit that writes it afterwards earns it no second reset. A reservation taken
-    /// before a change gives nothing back when cancelled after it.
+    /// `Reset` applies once to a bucket last written before the change; a bucket a process
+    /// still on the earlier limit wrote after the change keeps its tokens (a reset may be
+    /// missed, never repeated). A reservation taken before a change gives nothing back when
+    /// cancelled after it.
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
@@ -362,8 +368,9 @@ impl RedisLimiter {
     /// ```
     ///
     /// # Errors
-    /// As [`set_limit`](RedisLimiter::set_limit), and [`RedisLimitError::UnknownTier`] past
-    /// the last tier.
+    /// As [`set_limit`](RedisLimiter::set_limit), [`RedisLimitError::UnknownTier`] past the
+    /// last tier, and [`RedisLimitError::Unavailable`] when a `Reset` change cannot learn the
+    /// server's time (nothing changes).
     pub async fn set_tier_limit(
         &self,
         tier: usize,
@@ -374,6 +381,13 @@ impl RedisLimiter {
         let time = tokio::time::timeout(self.timeout, self.con.query::<(u64, u64)>(&cmd)).await;
         let since_us = match time {
             Ok(Ok((s, us))) => Some(s.saturating_mul(1_000_000).saturating_add(us)),
+            // A reset needs the change's time (it resets buckets written before it, once).
+            Ok(Err(e)) if inherit == Inherit::Reset => {
+                return Err(RedisLimitError::Unavailable(Outage::Redis(e)))
+            }
+            Err(_) if inherit == Inherit::Reset => {
+                return Err(RedisLimitError::Unavailable(Outage::Timeout(self.timeout)))
+            }
             _ => None,
         };
         self.set_tier_limit_at(tier, limit, inherit, since_us)
@@ -392,7 +406,8 @@ impl RedisLimiter {
     /// ```
     ///
     /// # Errors
-    /// As [`set_tier_limit`](RedisLimiter::set_tier_limit).
+    /// As [`set_tier_limit`](RedisLimiter::set_tier_limit), and
+    /// [`RedisLimitError::ResetWithoutTime`] for `Inherit::Reset` without a time.
     pub fn set_tier_limit_at(
         &self,
         tier: usize,
@@ -400,6 +415,9 @@ impl RedisLimiter {
         inherit: Inherit,
         since_us: Option<u64>,
     ) -> Result<(), RedisLimitError> {
+        if inherit == Inherit::Reset && since_us.is_none() {
+            return Err(RedisLimitError::ResetWithoutTime);
+        }
         let new = ScriptLimit::replacing(limit, inherit, since_us)
             .map_err(RedisLimitError::UnsupportedLimit)?;
         let old = self.table.load();
