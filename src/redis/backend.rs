@@ -27,6 +27,16 @@ fn key_bytes(key: &Key) -> Vec<u8> {
     }
 }
 
+/// A call's answer as the layer takes it: a cost above the capacity is a verdict (a `429`
+/// without `Retry-After`), any other error the backend's.
+fn verdict(answer: Result<Decision, RedisLimitError>) -> Result<Verdict, RedisLimitError> {
+    match answer {
+        Ok(d) => Ok(Ok(d)),
+        Err(RedisLimitError::InsufficientCapacity(e)) => Ok(Err(e)),
+        Err(e) => Err(e),
+    }
+}
+
 /// Runs `work` on the current Tokio runtime, if there is one (an undo or a charge is sent
 /// after the answer; without a runtime it cannot be, and is logged).
 fn spawn(work: impl Future<Output = Result<Decision, RedisLimitError>> + Send + 'static) {
@@ -50,11 +60,11 @@ impl Backend for RedisLimiter {
         let bytes = key_bytes(key);
         let this = self.clone();
         Box::pin(async move {
-            match this.try_acquire(&bytes, cost).await {
-                Ok(d) => Ok(Ok(d)),
-                Err(RedisLimitError::InsufficientCapacity(e)) => Ok(Err(e)),
-                Err(e) => Err(e),
-            }
+            // The limits table before the take goes with the decision, for an undo (read
+            // before: a change during the call makes the undo give nothing, never too much).
+            let generation = this.table.with(|t| t.generation);
+            let d = verdict(this.try_acquire(&bytes, cost).await)?;
+            Ok(d.map(|d| d.with_slot((generation as u32, u16::MAX))))
         })
     }
 
@@ -87,35 +97,25 @@ impl Backend for RedisLimiter {
     }
 
     /// The marks the take left are those of its time's steps (a mark can only be at or past
-    /// them, so this gives back at most what the exact undo would).
+    /// them, so this gives back at most what the exact undo would); the limits table of the
+    /// take came with the decision.
     fn undo(&self, key: &Key, cost: u64, taken: &Decision) {
         if taken.is_degraded() || cost == 0 {
             return;
         }
         let bytes = key_bytes(key);
         let this = self.clone();
-        let at_ns = taken.now_ns();
+        let (at_ns, taken_generation) = (taken.now_ns(), taken.slot());
         spawn(async move {
-            let marks: Option<Vec<u64>> = {
-                let table = this.table.load();
-                let tier = this.tier(&bytes);
-                // A limit changed at or after the take (its time is the server's, as the
-                // take's): the steps since are another limit's, or a reset came between; give
-                // nothing back (never more than the exact undo).
-                let changed = table
-                    .limits(tier)
-                    .any(|l| l.since_us.is_some_and(|s| s.saturating_mul(1000) >= at_ns));
-                (!changed).then(|| {
-                    table
-                        .limits(tier)
-                        .map(|l| l.steps.step_index(at_ns))
-                        .collect()
-                })
-            };
-            match marks {
-                Some(marks) => this.undo_at(&bytes, cost, &marks, None).await,
-                None => this.snapshot(&bytes).await,
-            }
+            let (marks, generation): (Vec<u64>, u64) = this.table.with(|table| {
+                let marks = table.limits(this.tier(&bytes));
+                let marks = marks.map(|l| l.steps.step_index(at_ns)).collect();
+                // Only the low 32 bits travel with the decision; another table's are
+                // dropped by `run` (nothing given back).
+                let same = table.generation as u32 == taken_generation;
+                (marks, if same { table.generation } else { u64::MAX })
+            });
+            this.undo_at(&bytes, cost, &marks, generation, None).await
         });
     }
 
@@ -137,13 +137,7 @@ impl Backend for super::LeasedLimiter {
     fn acquire(&self, key: &Key, cost: u64) -> Self::Future {
         let bytes = key_bytes(key);
         let this = self.clone();
-        Box::pin(async move {
-            match this.try_acquire(&bytes, cost).await {
-                Ok(d) => Ok(Ok(d)),
-                Err(RedisLimitError::InsufficientCapacity(e)) => Ok(Err(e)),
-                Err(e) => Err(e),
-            }
-        })
+        Box::pin(async move { verdict(this.try_acquire(&bytes, cost).await) })
     }
 
     fn limit(&self) -> Limit {

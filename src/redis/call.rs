@@ -19,9 +19,12 @@ pub(super) struct Call<'a> {
     pub(super) now_us: Option<u64>,
     /// Lease size (op `"l"`).
     pub(super) lease: u64,
-    /// Tokens to undo first, taken at `taken` (one mark per limit).
+    /// Tokens to undo first, taken at `taken` (one mark per limit) under the limits table
+    /// `taken_generation`: after a limit change the marks count another limit's steps (or a
+    /// reset came between), and [`RedisLimiter::run`](super::RedisLimiter) gives nothing back.
     pub(super) undo: u64,
     pub(super) taken: &'a [u64],
+    pub(super) taken_generation: u64,
 }
 
 impl Call<'_> {
@@ -33,6 +36,7 @@ impl Call<'_> {
             lease: 0,
             undo: 0,
             taken: &[],
+            taken_generation: 0,
         }
     }
 }

@@ -197,12 +197,10 @@ impl Inner {
     async fn give_back(&self, key: &[u8], lease: &Lease, st: &mut State) {
         // AcqRel: takes every token no spender took; a spender after this sees 0.
         let unspent = lease.left.swap(0, Ordering::AcqRel);
-        let changed = self.redis.table.with(|t| t.generation) != st.generation;
-        if unspent == 0 || st.marks.is_empty() || changed {
-            st.marks.clear();
+        self.counters.returned.fetch_add(unspent, Ordering::Relaxed);
+        if unspent == 0 || st.marks.is_empty() {
             return;
         }
-        self.counters.returned.fetch_add(unspent, Ordering::Relaxed);
         if let Ok(Answer::Redis(reply)) = self
             .redis
             .run(
@@ -210,6 +208,7 @@ impl Inner {
                 Call {
                     undo: unspent,
                     taken: &st.marks,
+                    taken_generation: st.generation,
                     ..Call::new("u", 0, None)
                 },
             )
@@ -337,8 +336,6 @@ impl LeasedLimiter {
                 .left
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| l.checked_sub(n))
             {
-                inner.counters.local_grants.fetch_add(1, Ordering::Relaxed);
-                inner.counters.granted.fetch_add(n, Ordering::Relaxed);
                 return self.granted(lease, now, before - n, n);
             }
         }
@@ -400,23 +397,19 @@ impl LeasedLimiter {
         let need = n - keep; // keep < n: the lease could not grant n
         let cap = inner.redis.table.load().capacity(lease.tier);
         let size = inner.size(st, now, unspent, cap).max(need);
-        if inner.redis.table.with(|t| t.generation) != st.generation {
-            // A limit change since the marks: nothing of the last lease is given back.
-            st.marks.clear();
-        }
         let call = Call {
             lease: size,
             undo: if st.marks.is_empty() { 0 } else { unspent },
             taken: &st.marks,
+            taken_generation: st.generation,
             ..Call::new("l", need, None)
         };
         inner.counters.leases.fetch_add(1, Ordering::Relaxed);
-        if call.undo > 0 {
-            inner
-                .counters
-                .returned
-                .fetch_add(unspent, Ordering::Relaxed);
-        }
+        // Out of the lease, whether the undo gives them back or not (stats: granted).
+        inner
+            .counters
+            .returned
+            .fetch_add(unspent, Ordering::Relaxed);
         let answer = inner.redis.run(key, call).await;
         let reply = match answer {
             Ok(Answer::Redis(reply)) => reply,
@@ -470,16 +463,15 @@ impl LeasedLimiter {
                 .store(now.saturating_add(wait), Ordering::Release);
             return Ok(d.decision);
         }
+        inner
+            .counters
+            .leased
+            .fetch_add(reply.taken, Ordering::Relaxed);
         // The script takes at least `need = n - keep` when it grants.
         let Some(left) = (keep + reply.taken).checked_sub(n) else {
             lease.left.fetch_add(keep + reply.taken, Ordering::Release);
             return Err(RedisLimitError::Protocol(vec![reply.taken as i64]));
         };
-        inner
-            .counters
-            .leased
-            .fetch_add(reply.taken, Ordering::Relaxed);
-        inner.counters.granted.fetch_add(n, Ordering::Relaxed);
         st.size = size;
         st.leased = reply.taken + keep;
         st.taken_at = now;
@@ -522,7 +514,9 @@ impl LeasedLimiter {
         inner.counters.given_back.load(Ordering::Relaxed) - before
     }
 
-    /// What this limiter (and its clones) did so far.
+    /// What this limiter (and its clones) did so far. Nothing is counted per local grant
+    /// (the hot path writes only the lease's counter): `granted` is the tokens leased, less
+    /// those returned and those the leases still hold (this walks the leases).
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), tollgate::redis::RedisLimitError> {
@@ -530,18 +524,29 @@ impl LeasedLimiter {
     /// # let limiter = RedisLimiter::new("redis://127.0.0.1/", Limit::per_second(1_000)?, "rl:")
     /// #     .await?.leased(LeaseConfig::new());
     /// let s = limiter.stats();
-    /// println!("{} of {} grants without a round trip", s.local_grants, s.granted);
+    /// println!("{} tokens granted with {} round trips", s.granted, s.leases);
     /// # Ok(()) }
     /// ```
     pub fn stats(&self) -> LeaseStats {
         let c = &self.inner.counters;
+        // Relaxed: a report, not a protocol (a grant racing this call may be counted or not).
+        let held: u64 = self
+            .inner
+            .leases
+            .pin()
+            .values()
+            .map(|l| l.left.load(Ordering::Relaxed))
+            .sum();
         // Relaxed: counters, read for reporting.
+        let (leased, returned) = (
+            c.leased.load(Ordering::Relaxed),
+            c.returned.load(Ordering::Relaxed),
+        );
         LeaseStats {
             leases: c.leases.load(Ordering::Relaxed),
-            leased: c.leased.load(Ordering::Relaxed),
-            local_grants: c.local_grants.load(Ordering::Relaxed),
-            granted: c.granted.load(Ordering::Relaxed),
-            returned: c.returned.load(Ordering::Relaxed),
+            leased,
+            granted: leased.saturating_sub(returned).saturating_sub(held),
+            returned,
             given_back: c.given_back.load(Ordering::Relaxed),
         }
     }
@@ -561,6 +566,9 @@ impl LeasedLimiter {
     }
 }
 
+/// A lease's unspent tokens to give back: key, tokens, the marks and limits table of the take.
+type Unspent = (Box<[u8]>, u64, Vec<u64>, u64);
+
 /// The last clone gone: leases still held go back in the background (when a Tokio runtime
 /// runs; otherwise they come back as their buckets refill).
 impl Drop for Inner {
@@ -568,16 +576,15 @@ impl Drop for Inner {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let held: Vec<(Box<[u8]>, u64, Vec<u64>)> = self
+        let held: Vec<Unspent> = self
             .leases
             .pin()
             .iter()
             .filter_map(|(k, l)| {
                 let st = l.state.try_lock().ok()?;
                 let unspent = l.left.swap(0, Ordering::AcqRel);
-                let same = self.redis.table.with(|t| t.generation) == st.generation;
-                (unspent > 0 && !st.marks.is_empty() && same)
-                    .then(|| (k.clone(), unspent, st.marks.clone()))
+                (unspent > 0 && !st.marks.is_empty())
+                    .then(|| (k.clone(), unspent, st.marks.clone(), st.generation))
             })
             .collect();
         if held.is_empty() {
@@ -585,8 +592,8 @@ impl Drop for Inner {
         }
         let redis = self.redis.clone();
         rt.spawn(async move {
-            for (key, unspent, marks) in held {
-                let _ = redis.undo_at(&key, unspent, &marks, None).await;
+            for (key, unspent, marks, generation) in held {
+                let _ = redis.undo_at(&key, unspent, &marks, generation, None).await;
             }
         });
     }

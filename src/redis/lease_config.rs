@@ -98,11 +98,11 @@ pub struct LeaseStats {
     pub leases: u64,
     /// Tokens leased.
     pub leased: u64,
-    /// Grants made from a lease without a round trip.
-    pub local_grants: u64,
-    /// Tokens granted (locally or not).
+    /// Tokens granted (from a lease or with its call): leased, less returned, less what the
+    /// leases hold now.
     pub granted: u64,
-    /// Tokens given back unspent, and what the undos gave back of them.
+    /// Tokens that left a lease unspent (to be given back), and what the undos gave back of
+    /// them.
     pub returned: u64,
     /// See `returned`.
     pub given_back: u64,
@@ -112,8 +112,6 @@ pub struct LeaseStats {
 pub(super) struct Counters {
     pub(super) leases: AtomicU64,
     pub(super) leased: AtomicU64,
-    pub(super) local_grants: AtomicU64,
-    pub(super) granted: AtomicU64,
     pub(super) returned: AtomicU64,
     pub(super) given_back: AtomicU64,
 }

@@ -372,6 +372,15 @@ impl RedisLimiter {
         let table = self.table.load();
         let tier = self.tier(key);
         let tier = if tier < table.tiers.len() { tier } else { 0 };
+        // The one place an undo meets a limit change: its marks are the earlier limit's.
+        let call = Call {
+            undo: if call.taken_generation == table.generation {
+                call.undo
+            } else {
+                0
+            },
+            ..call
+        };
         self.check(&table, tier, &call)?;
         let redis_key = self.redis_key(key);
         let mut inv = self.script.key(redis_key);

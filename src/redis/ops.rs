@@ -211,17 +211,20 @@ impl RedisLimiter {
     }
 
     /// Undoes a take of `n` tokens from `key` whose call left the marks `taken` (one per
-    /// limit): what an undo gives back, by [`state::undo`](crate::state)'s formula.
+    /// limit) under the limits table `generation`: what an undo gives back, by
+    /// [`state::undo`](crate::state)'s formula (nothing after a limit change).
     pub(super) async fn undo_at(
         &self,
         key: &[u8],
         n: u64,
         taken: &[u64],
+        generation: u64,
         now_us: Option<u64>,
     ) -> Result<Decision, RedisLimitError> {
         let call = Call {
             undo: n,
             taken,
+            taken_generation: generation,
             ..Call::new("u", 0, now_us)
         };
         self.update(key, call).await
@@ -513,15 +516,13 @@ impl RedisReservation {
     }
 
     async fn cancel_inner(self, now_us: Option<u64>) -> Result<Decision, RedisLimitError> {
-        let changed = self.limiter.table.with(|t| t.generation) != self.generation;
         match &self.marks {
-            // After a limit change nothing tells how many of the new limit's steps passed:
-            // nothing is given back (never more than the exact undo).
-            Some(_) if changed => match now_us {
-                Some(t) => self.limiter.snapshot_at(&self.key, t).await,
-                None => self.limiter.snapshot(&self.key).await,
-            },
-            Some(marks) => self.limiter.undo_at(&self.key, self.n, marks, now_us).await,
+            Some(marks) => {
+                let (key, n, generation) = (&self.key, self.n, self.generation);
+                self.limiter
+                    .undo_at(key, n, marks, generation, now_us)
+                    .await
+            }
             None => Ok(self.decision),
         }
     }

@@ -101,6 +101,20 @@ pub async fn raw(server: &Server) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
+/// A limiter on `server` with a 2 s timeout (generous: tests must not fail on a slow machine).
+#[cfg(feature = "redis")]
+pub async fn connect(
+    server: &Server,
+    limit: tollgate::Limit,
+    prefix: &str,
+) -> tollgate::redis::RedisLimiter {
+    tollgate::redis::RedisLimiter::builder(&server.url(), limit, prefix)
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap()
+}
+
 /// Pseudo-random numbers for traces (xorshift).
 pub struct Rng(pub u64);
 
