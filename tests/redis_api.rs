@@ -31,14 +31,6 @@ fn limits() -> Vec<Limit> {
     ]
 }
 
-async fn connect(server: &Server, limit: Limit, prefix: &str) -> RedisLimiter {
-    RedisLimiter::builder(&server.url(), limit, prefix)
-        .timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .unwrap()
-}
-
 /// Microseconds since the Unix epoch, moving forward by 0, a little, a step or a lot.
 fn advance(rng: &mut Rng, now_us: &mut u64, limit: &Limit) {
     let step_us = (limit.refill_interval().as_micros() as u64 / limit.refill_amount()).max(1);

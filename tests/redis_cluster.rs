@@ -9,40 +9,21 @@ mod model;
 #[path = "support/redis_server.rs"]
 mod support;
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+#[path = "support/redis_nodes.rs"]
+mod nodes;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use model::observe;
+use nodes::{cli, port_free, wait_for, Nodes};
 use support::Rng;
 use tollgate::redis::{OnFailure, RedisLimitError, RedisLimiter};
 use tollgate::{Limit, ManualClock, TokenBucket};
 
-/// Six nodes, stopped and removed on drop.
+/// Six nodes made a cluster, stopped and removed on drop.
 struct Cluster {
-    nodes: Vec<(u16, Option<Child>)>,
-    dir: PathBuf,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.nodes {
-            if let Some(mut c) = child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn have(bin: &str) -> bool {
-    Command::new(bin)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    nodes: Nodes,
 }
 
 /// Six free ports whose cluster bus ports (+10000) are free too, all below Linux's ephemeral
@@ -56,71 +37,30 @@ fn free_ports() -> Vec<u16> {
         } else {
             candidate + 1
         };
-        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if free(candidate) && free(candidate + 10_000) {
+        if port_free(candidate) && port_free(candidate + 10_000) {
             ports.push(candidate);
         }
     }
     ports
 }
 
-fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli runs");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 impl Cluster {
     fn start() -> Option<Cluster> {
-        if !have("redis-server") || !have("redis-cli") {
-            assert!(
-                std::env::var_os("TOLLGATE_REQUIRE_REDIS").is_none(),
-                "redis-server and redis-cli are required"
-            );
-            eprintln!("skipping: redis-server and redis-cli are needed");
-            return None;
-        }
-        let dir = std::env::temp_dir().join(format!("tollgate-cluster-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut cluster = Cluster {
-            nodes: Vec::new(),
-            dir,
-        };
-        for port in free_ports() {
-            let dir = cluster.dir.join(port.to_string());
-            std::fs::create_dir_all(&dir).unwrap();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+        let mut nodes = Nodes::new("cluster")?;
+        let ports = free_ports();
+        for &port in &ports {
+            let cluster_args = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-node-timeout",
+                "1000",
                 // The other masters serve their slots while one is down.
-                .args(["--cluster-require-full-coverage", "no"])
-                .args(["--save", "", "--appendonly", "no"])
-                // Replicas sync at once (the default waits 5 s for more replicas): a replica
-                // that never synced cannot take over.
-                .args(["--repl-diskless-sync-delay", "0"])
-                .arg("--dir")
-                .arg(&dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server starts");
-            cluster.nodes.push((port, Some(child)));
+                "--cluster-require-full-coverage",
+                "no",
+            ];
+            nodes.spawn(port, &cluster_args.map(String::from));
         }
-        for &(port, _) in &cluster.nodes {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !cli(port, &["PING"]).contains("PONG") {
-                assert!(Instant::now() < deadline, "node {port} did not come up");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let addrs: Vec<String> = cluster
-            .nodes
-            .iter()
-            .map(|(p, _)| format!("127.0.0.1:{p}"))
-            .collect();
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let out = Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
@@ -133,40 +73,35 @@ impl Cluster {
             "cluster create: {}",
             String::from_utf8_lossy(&out.stdout)
         );
+        let cluster = Cluster { nodes };
         cluster.wait_ok();
         Some(cluster)
     }
 
-    /// Until every live node says the cluster is ok and all slots are served.
+    /// Until every live node says the cluster is ok and all slots are served, and every
+    /// replica has synced with its master (one that never synced cannot take over).
     fn wait_ok(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ok = self
-                .nodes
-                .iter()
-                .filter(|(_, c)| c.is_some())
-                .all(|(p, _)| {
-                    let info = cli(*p, &["CLUSTER", "INFO"]);
-                    info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
-                });
-            if ok {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the cluster did not become ok");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for("the cluster to be ok", || {
+            self.nodes.live().all(|p| {
+                let info = cli(p, &["CLUSTER", "INFO"]);
+                let repl = cli(p, &["INFO", "replication"]);
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_ok:16384")
+                    && (repl.contains("role:master") || repl.contains("master_link_status:up"))
+            })
+        });
     }
 
     fn urls(&self) -> Vec<String> {
         self.nodes
-            .iter()
-            .map(|(p, _)| format!("redis://127.0.0.1:{p}"))
+            .live()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
             .collect()
     }
 
     /// The port of the master serving `key`'s slot.
     fn master_of(&self, key: &str) -> u16 {
-        let port = self.nodes[0].0;
+        let port = self.nodes.live().next().unwrap();
         let slot: u16 = cli(port, &["CLUSTER", "KEYSLOT", key])
             .trim()
             .parse()
@@ -187,13 +122,6 @@ impl Cluster {
             }
         }
         panic!("no master serves slot {slot}");
-    }
-
-    fn kill(&mut self, port: u16) {
-        let node = self.nodes.iter_mut().find(|(p, _)| *p == port).unwrap();
-        let mut child = node.1.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
     }
 }
 
@@ -268,7 +196,7 @@ async fn a_cluster_follows_slots_and_survives_a_master_failover() {
         .find(|k| cluster.master_of(&format!("c:{{{k}}}")) != victim)
         .unwrap()
         .clone();
-    cluster.kill(victim);
+    cluster.nodes.kill(victim);
     let mut degraded = 0;
     let mut served_elsewhere = 0;
     let mut recovered = false;
@@ -303,7 +231,7 @@ async fn a_cluster_follows_slots_and_survives_a_master_failover() {
          exact answers from the other masters meanwhile; {compared} decisions compared before"
     );
     if !recovered {
-        let live = cluster.nodes.iter().find(|(_, c)| c.is_some()).unwrap().0;
+        let live = cluster.nodes.live().next().unwrap();
         panic!(
             "the limiter did not go on after the failover; last answer {:?}; nodes:\n{}",
             redis.try_acquire(victim_key.as_bytes(), 0).await,

@@ -4,146 +4,59 @@
 //! `redis-cli`; skips without them, but fails under `TOLLGATE_REQUIRE_REDIS=1` (`.ci/run`).
 #![cfg(all(feature = "redis", not(loom)))]
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+#[path = "support/redis_nodes.rs"]
+mod nodes;
+
 use std::time::{Duration, Instant};
 
+use nodes::{cli, port_free, wait_for, Nodes};
 use tollgate::redis::{OnFailure, RedisLimiter};
 use tollgate::Limit;
 
-struct Nodes {
-    children: Vec<(u16, Option<Child>)>,
-    dir: PathBuf,
-}
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            if let Some(mut c) = child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli runs");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn free_port(after: u16) -> u16 {
     (after + 1..32_000)
-        .find(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .find(|&p| port_free(p))
         .expect("a free port")
 }
 
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-impl Nodes {
-    fn start() -> Option<(Nodes, u16, u16, u16)> {
-        let have = |bin: &str| {
-            Command::new(bin)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !have("redis-server") || !have("redis-cli") {
-            assert!(
-                std::env::var_os("TOLLGATE_REQUIRE_REDIS").is_none(),
-                "redis-server and redis-cli are required"
-            );
-            eprintln!("skipping: redis-server and redis-cli are needed");
-            return None;
-        }
-        let dir = std::env::temp_dir().join(format!("tollgate-sentinel-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut nodes = Nodes {
-            children: Vec::new(),
-            dir,
-        };
-        // Below Linux's ephemeral ports (32768 and up), away from the cluster test's.
-        let base = 17_000 + (std::process::id() % 2_000) as u16;
-        let master = free_port(base);
-        let replica = free_port(master);
-        let sentinel = free_port(replica);
-        let root = nodes.dir.clone();
-        let server = |port: u16, extra: &[String]| {
-            // Each node its own directory: a replica writes its copy of the data there.
-            let dir = root.join(port.to_string());
-            std::fs::create_dir_all(&dir).unwrap();
-            Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .arg("--dir")
-                .arg(&dir)
-                .args(["--save", "", "--appendonly", "no"])
-                .args(["--repl-diskless-sync-delay", "0"])
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server starts")
-        };
-        let m = server(master, &[]);
-        nodes.children.push((master, Some(m)));
-        let r = server(
-            replica,
-            &["--replicaof".into(), "127.0.0.1".into(), master.to_string()],
-        );
-        nodes.children.push((replica, Some(r)));
-        wait_for("the replica to sync", || {
-            cli(replica, &["INFO", "replication"]).contains("master_link_status:up")
-        });
-        let conf = nodes.dir.join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {sentinel}\nbind 127.0.0.1\n\
-                 sentinel monitor mymaster 127.0.0.1 {master} 1\n\
-                 sentinel down-after-milliseconds mymaster 500\n\
-                 sentinel failover-timeout mymaster 3000\n"
-            ),
-        )
-        .unwrap();
-        let s = Command::new("redis-server")
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server --sentinel starts");
-        nodes.children.push((sentinel, Some(s)));
-        wait_for("the sentinel to see the replica", || {
-            cli(sentinel, &["SENTINEL", "REPLICAS", "mymaster"]).contains(&replica.to_string())
-        });
-        Some((nodes, master, replica, sentinel))
-    }
-
-    fn kill(&mut self, port: u16) {
-        let node = self.children.iter_mut().find(|(p, _)| *p == port).unwrap();
-        let mut child = node.1.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
+/// A master, its replica (synced) and a sentinel that sees it: (nodes, master, replica,
+/// sentinel) ports.
+fn start() -> Option<(Nodes, u16, u16, u16)> {
+    let mut nodes = Nodes::new("sentinel")?;
+    // Below Linux's ephemeral ports (32768 and up), away from the cluster test's.
+    let base = 17_000 + (std::process::id() % 2_000) as u16;
+    let master = free_port(base);
+    let replica = free_port(master);
+    let sentinel = free_port(replica);
+    nodes.spawn(master, &[]);
+    nodes.spawn(
+        replica,
+        &["--replicaof".into(), "127.0.0.1".into(), master.to_string()],
+    );
+    wait_for("the replica to sync", || {
+        cli(replica, &["INFO", "replication"]).contains("master_link_status:up")
+    });
+    let conf = nodes.dir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {sentinel}\nbind 127.0.0.1\n\
+             sentinel monitor mymaster 127.0.0.1 {master} 1\n\
+             sentinel down-after-milliseconds mymaster 500\n\
+             sentinel failover-timeout mymaster 3000\n"
+        ),
+    )
+    .unwrap();
+    nodes.spawn_raw(sentinel, &[conf.as_os_str(), "--sentinel".as_ref()]);
+    wait_for("the sentinel to see the replica", || {
+        cli(sentinel, &["SENTINEL", "REPLICAS", "mymaster"]).contains(&replica.to_string())
+    });
+    Some((nodes, master, replica, sentinel))
 }
 
 #[tokio::test]
 async fn sentinel_finds_the_master_and_follows_a_failover() {
-    let Some((mut nodes, master, replica, sentinel)) = Nodes::start() else {
+    let Some((mut nodes, master, replica, sentinel)) = start() else {
         return;
     };
     // Five tokens that come back only in 2038 (one step of 2^30 s): no refill mid-test.
