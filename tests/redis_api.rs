@@ -446,10 +446,12 @@ async fn a_reset_applies_once_and_an_undo_across_a_change_gives_nothing() {
         Err(RedisLimitError::ResetWithoutTime)
     ));
 
-    // An undo across a change: the take's steps were another limit's; nothing comes back.
+    // An undo across a change: the take's marks were another limit's; nothing comes back.
+    // (The same steps with a larger burst: the undo formula alone would give all 5 back.)
     let b = b"bob";
     let r = new.reserve_at(b, 5, t0).await.unwrap().unwrap();
-    new.set_tier_limit_at(0, Limit::per_hour(20).unwrap(), Inherit::Keep, Some(t0 + 1))
+    let wider = limit.burst(20).unwrap();
+    new.set_tier_limit_at(0, wider, Inherit::Keep, Some(t0 + 1))
         .unwrap();
     assert_eq!(r.cancel_at(t0 + 2).await.unwrap().remaining(), 5);
 }
