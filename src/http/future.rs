@@ -155,6 +155,20 @@ pub(super) struct Entry {
     pub(super) skip: bool,
 }
 
+impl Entry {
+    /// Policy `policy`'s entry for `key` and `cost`, nothing decided yet.
+    pub(super) fn new(policy: usize, key: Key, cost: u64) -> Entry {
+        Entry {
+            policy,
+            key,
+            cost,
+            shown: None,
+            took: None,
+            skip: false,
+        }
+    }
+}
+
 /// The entries, the first inline (a layer of one policy allocates nothing).
 #[derive(Default)]
 pub(super) struct Ledger {
@@ -292,14 +306,7 @@ where
         let cost = p.cost(&info);
         if !look {
             // One policy: nothing to give back, so no look first.
-            run.ledger.push(Entry {
-                policy: i,
-                key,
-                cost,
-                shown: None,
-                took: None,
-                skip: false,
-            });
+            run.ledger.push(Entry::new(i, key, cost));
             break;
         }
         return State::Checking {

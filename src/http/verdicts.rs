@@ -83,14 +83,7 @@ pub(super) fn looked<B: Backend>(
 ) {
     let shadow = in_shadow(config, run, i);
     let route = run.route.clone();
-    let mut entry = Entry {
-        policy: i,
-        key,
-        cost,
-        shown: None,
-        took: None,
-        skip: false,
-    };
+    let mut entry = Entry::new(i, key, cost);
     match verdict {
         Ok(Ok(d)) if d.is_degraded() => {
             // A failure policy answered without the store: an allowance is taken (and counted)
